@@ -1,0 +1,97 @@
+"""The model card (README.md) of an adapter folder: what it was trained from, how, and how well."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) or "-"
+    return "-" if v is None else str(v)
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| key | value |", "| --- | --- |"]
+    lines += [f"| `{k}` | {_fmt(v)} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def render(run_name: str, config: dict, metrics: dict) -> str:
+    """Markdown with a YAML header the Hub understands (library, base model, tags)."""
+    model, data = config["model"], config["data"]
+    base = model["name_or_path"]
+    report = metrics.get("data", {})
+    curation = ", ".join(data.get("filters") or []) or "none"
+    evals = [h["eval_loss"] for h in metrics.get("history", []) if "eval_loss" in h]
+    results = [
+        ("final train loss", metrics.get("train_loss")),
+        ("eval loss (first -> last)", f"{evals[0]:.4f} -> {evals[-1]:.4f}" if evals else None),
+        ("optimizer steps", metrics.get("global_step")),
+        ("runtime (s)", metrics.get("runtime_s")),
+        ("trained tokens/s", metrics.get("trained_tokens_per_s")),
+        ("peak memory (MiB)", metrics.get("peak_memory_mib")),
+    ]
+    data_rows = [
+        ("source", data["source"]),
+        ("revision", data.get("revision")),
+        ("curation", curation),
+        ("rows read", report.get("rows_read")),
+        ("rows skipped (malformed)", report.get("rows_skipped")),
+        ("prompts truncated", report.get("prompts_truncated")),
+        ("responses truncated", report.get("responses_truncated")),
+        ("dropped (no response tokens left)", report.get("dropped_no_response_tokens")),
+        ("train / validation rows", f"{report.get('train_rows')} / {report.get('val_rows')}"),
+    ]
+    hyper = [(k, v) for k, v in _flatten(config) if k.split(".")[0] in {"quant", "lora", "train", "data", "model"}]
+    hyper.append(("seed", config.get("seed")))
+    return f"""---
+library_name: peft
+base_model: {base}
+tags: [lora, qlora, gpt-j, gpt4all-j, lora-train]
+---
+
+# {run_name}
+
+A LoRA adapter for `{base}`{f" (revision `{model['revision']}`)" if model.get("revision") else ""}, trained with
+lora-train: {config['quant']['mode']} base, LoRA r={config['lora']['r']} alpha={config['lora']['alpha']} on
+{", ".join(config['lora']['target_modules'])}. Each example is prompt + "\\n" + response + EOS, with the loss on
+the response and its EOS.
+
+## Use
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "<this folder>")
+tokenizer = AutoTokenizer.from_pretrained("<this folder>")
+```
+
+## Results
+
+{_table(results)}
+
+![loss](loss.png)
+
+## Data
+
+{_table(data_rows)}
+
+## Hyperparameters
+
+{_table(hyper)}
+"""

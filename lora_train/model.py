@@ -1,0 +1,127 @@
+"""Model: config -> BitsAndBytesConfig, config -> peft.LoraConfig, and loading the base and its tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lora_train.errors import UserError
+from lora_train.schema import TINY_GPTJ, DType, LoraConfig, ModelConfig, QuantConfig, QuantMode
+
+
+def torch_dtype(d: DType):
+    import torch
+
+    return {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}.get(d, "auto")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU does bf16 matmuls natively (AMX or AVX512-BF16). Elsewhere PyTorch emulates bf16 and a
+    bf16 matmul is 10-100x slower than float32 (measured on an AVX2-only CPU), so bf16 compute is a trap."""
+    import torch
+
+    if "AMX" in torch.backends.cpu.get_cpu_capability():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def compute_dtype(cfg: QuantConfig) -> DType:
+    """The dtype matmuls really run in: quant.compute_dtype, unless the hardware would emulate it.
+
+    bf16 on a CPU without native bf16, or fp16 on a CPU, falls back to float32 (the results are the same up to
+    rounding, only much faster); bf16 on a GPU without bf16 (pre-Ampere) falls back to fp16.
+    """
+    import torch
+
+    want = cfg.compute_dtype
+    if torch.cuda.is_available():
+        if want == DType.bfloat16 and not torch.cuda.is_bf16_supported():
+            return DType.float16
+        return want
+    if want == DType.float16 or (want == DType.bfloat16 and not cpu_has_fast_bf16()):
+        return DType.float32
+    return want
+
+
+def resolve_model(cfg: ModelConfig) -> str:
+    """The local folder or Hub id to load; builds the tiny GPT-J on first use. Fails fast on a missing local path."""
+    if cfg.name_or_path == TINY_GPTJ:
+        from lora_train.tiny import tiny_gptj_path
+
+        return str(tiny_gptj_path())
+    path = os.path.expanduser(cfg.name_or_path)
+    looks_local = path.startswith((".", "/", "~")) or os.path.exists(path) or path.count("/") != 1
+    if looks_local:
+        if not Path(path).is_dir():
+            raise UserError(f"model.name_or_path={cfg.name_or_path!r}: no such folder "
+                            f"(a Hub id looks like 'EleutherAI/gpt-j-6b'; a local model is a folder with config.json)")
+        if not (Path(path) / "config.json").is_file():
+            raise UserError(f"model.name_or_path={cfg.name_or_path!r}: folder has no config.json, not a model folder")
+    return path
+
+
+def bnb_config(cfg: QuantConfig):
+    """The BitsAndBytesConfig for `quant`, or None to load the base unquantized."""
+    from transformers import BitsAndBytesConfig
+
+    if cfg.mode == QuantMode.none:
+        return None
+    if cfg.mode == QuantMode.int8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.mode.value,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(compute_dtype(cfg)),
+    )
+
+
+def peft_config(cfg: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+
+    targets = cfg.target_modules
+    return PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        bias=cfg.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_tokenizer(path: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.name_or_path={cfg.name_or_path!r}: could not load the tokenizer: {e}") from e
+    if tok.pad_token is None:
+        # GPT-J's tokenizer has no pad token. Reusing EOS is safe here because labels come from the data (loss mask
+        # built per token, padding added as -100 by the collator), never from "token == pad"; the pre-flight check
+        # in train.py proves it on a real batch. No new token is added, so inference sees the same vocabulary.
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_base(path: str, model_cfg: ModelConfig, quant_cfg: QuantConfig, device_map=None):
+    """The base model, quantized per `quant`."""
+    from transformers import AutoModelForCausalLM
+
+    quant = bnb_config(quant_cfg)
+    dtype = torch_dtype(model_cfg.dtype)
+    if dtype == "auto" and quant is not None:
+        dtype = torch_dtype(compute_dtype(quant_cfg))  # non-quantized layers (embeddings, norms) in compute dtype
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code,
+            quantization_config=quant, dtype=dtype, device_map=device_map,
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.name_or_path={model_cfg.name_or_path!r}: could not load the model: {e}") from e

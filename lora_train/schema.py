@@ -1,0 +1,131 @@
+"""Typed config schemas.
+
+Every YAML under conf/ is validated against these dataclasses when Hydra composes it: a wrong type, an unknown
+key or a bad enum choice fails at compose time with a message naming the key, before any model is loaded.
+OmegaConf does not accept ``Literal``, so choices are ``Enum``s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+# The sentinel that names the embedded tiny GPT-J (built locally, cached); see lora_train/tiny.py.
+TINY_GPTJ = "builtin:tiny-gptj"
+# The sentinel that names the bundled GPT4All-J-style sample rows; see lora_train/data_files/.
+SAMPLE_DATA = "builtin:sample"
+
+
+class QuantMode(str, Enum):
+    nf4 = "nf4"  # QLoRA: 4-bit NormalFloat
+    fp4 = "fp4"  # 4-bit float
+    int8 = "int8"  # LLM.int8()
+    none = "none"  # no quantization: the base in model.dtype
+
+
+class DType(str, Enum):
+    auto = "auto"  # the checkpoint's own dtype
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class DataFormat(str, Enum):
+    gpt4all = "gpt4all"  # columns prompt / response [/ source]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-gptj"  # short name used in run names and model cards
+    name_or_path: str = TINY_GPTJ  # Hub id, local folder, or the builtin tiny GPT-J
+    revision: Optional[str] = None  # Hub revision (branch, tag or commit); None = default branch
+    dtype: DType = DType.auto  # dtype of the non-quantized weights
+    trust_remote_code: bool = False  # never run code from a model repo unless asked to
+
+
+@dataclass
+class QuantConfig:
+    mode: QuantMode = QuantMode.nf4
+    double_quant: bool = True  # quantize the quantization constants too (QLoRA paper: ~0.4 bit/param saved)
+    compute_dtype: DType = DType.bfloat16  # dtype the 4-bit weights are dequantized to for matmuls
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    # PEFT module names, or ["all-linear"] for every linear layer except the output head.
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    bias: str = "none"
+
+
+@dataclass
+class DataConfig:
+    name: str = "sample"  # short name used in run names and model cards
+    source: str = SAMPLE_DATA  # Hub dataset id, a local .jsonl file, or the bundled sample
+    revision: Optional[str] = None  # Hub dataset revision, e.g. v1.3-groovy for the GPT4All-J data
+    split: str = "train"  # split read from a Hub dataset
+    format: DataFormat = DataFormat.gpt4all
+    filters: list[str] = field(default_factory=list)  # curation steps, applied in order
+    val_fraction: float = 0.05  # held out for eval loss (the GPT4All-J recipe used 5%)
+    max_length: int = 1024  # tokens per example, prompt + response + EOS
+    # A prompt may take at most this share of max_length, so that response tokens remain (the original recipe: 1/2).
+    max_prompt_fraction: float = 0.5
+    strict: bool = False  # a malformed row is an error instead of a counted skip
+    max_rows: Optional[int] = None  # read at most this many rows (quick experiments)
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    per_device_batch_size: int = 8
+    # Examples per optimizer step over all processes; gradient accumulation is derived from it.
+    # None = per_device_batch_size x processes (no accumulation).
+    global_batch_size: Optional[int] = None
+    warmup_steps: int = 0
+    lr_scheduler: str = "cosine"  # any transformers scheduler name
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    optim: str = "adamw_torch"  # any transformers optimizer name, e.g. paged_adamw_8bit on a GPU
+    logging_steps: int = 5
+    eval_steps: Optional[int] = None  # None = evaluate once per epoch
+    save_steps: Optional[int] = None  # None = no intermediate checkpoints
+    save_total_limit: int = 2
+    packing: bool = False
+    group_by_length: bool = True  # batch examples of similar length together: less padding
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Extra trl.SFTConfig arguments passed through unchanged (anything not covered above).
+    sft_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainJob:
+    """The primary config of `lora-train` (conf/train.yaml)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_name: str = "run"  # folder name under adapters_dir
+    adapters_dir: str = "adapters"
+    seed: int = 42
+    dry_run: bool = False  # print the plan and exit without loading anything heavy
+    overwrite: bool = False  # replace an existing adapter folder of the same run_name
+    resume: bool = False
+
+
+def register() -> None:
+    """Register the schemas so that conf/*.yaml can name them in their defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainJob)
+
+
+register()

@@ -1,0 +1,271 @@
+"""`lora-train`: config -> data -> 4-bit base + LoRA -> TRL SFTTrainer -> adapter folder.
+
+    lora-train                                   # the embedded default: tiny GPT-J, bundled sample, CPU
+    lora-train experiment=gpt4all_j_lora_6b      # the GPT4All-J LoRA 6B recipe on GPT-J-6B
+    lora-train dry_run=true                      # print the plan, load nothing heavy
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lora_train import artifacts, card, plan
+from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
+from lora_train.errors import UserError, reported
+from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, resolve_model
+from lora_train.schema import DType, TrainJob
+
+
+def to_job(cfg: DictConfig | TrainJob) -> TrainJob:
+    return cfg if isinstance(cfg, TrainJob) else OmegaConf.to_object(cfg)
+
+
+def check_job(job: TrainJob) -> None:
+    """Everything that can be checked before loading anything: names, numbers, paths."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*", job.run_name):
+        raise UserError(f"run_name={job.run_name!r}: use letters, digits and . _ - + = , (it names a folder)")
+    t, d, lo = job.train, job.data, job.lora
+    for key, value, ok in [
+        ("lora.r", lo.r, lo.r > 0), ("lora.alpha", lo.alpha, lo.alpha > 0),
+        ("lora.dropout", lo.dropout, 0 <= lo.dropout < 1), ("lora.target_modules", lo.target_modules, bool(lo.target_modules)),
+        ("data.val_fraction", d.val_fraction, 0 <= d.val_fraction < 1), ("data.max_length", d.max_length, d.max_length > 1),
+        ("data.max_prompt_fraction", d.max_prompt_fraction, 0 < d.max_prompt_fraction < 1),
+        ("train.learning_rate", t.learning_rate, t.learning_rate > 0),
+        ("train.per_device_batch_size", t.per_device_batch_size, t.per_device_batch_size > 0),
+        ("train.epochs", t.epochs, t.epochs > 0 or t.max_steps > 0),
+        ("train.warmup_steps", t.warmup_steps, t.warmup_steps >= 0),
+    ]:
+        if not ok:
+            raise UserError(f"{key}={value!r} is out of range")
+    if t.packing:
+        raise UserError("train.packing=true is not available yet; use train.group_by_length=true (the default), "
+                        "which keeps padding low without mixing examples")
+
+
+def mixed_precision(job: TrainJob) -> dict:
+    """bf16/fp16 autocast per the effective compute dtype; the LoRA weights themselves stay float32 (see run())."""
+    dt = compute_dtype(job.quant)
+    return {"bf16": dt == DType.bfloat16, "fp16": dt == DType.float16}
+
+
+def sft_config(job: TrainJob, work_dir: Path, accumulation: int, has_eval: bool):
+    import torch
+    from trl import SFTConfig
+
+    t = job.train
+    eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
+    args = dict(
+        output_dir=str(work_dir),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=accumulation,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        optim=t.optim,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        report_to=list(t.report_to) or "none",
+        seed=job.seed,
+        data_seed=job.seed,
+        use_cpu=not torch.cuda.is_available(),
+        max_length=job.data.max_length,
+        packing=False,
+        # The data module already tokenized, masked and truncated every example (prompt capped at half the length).
+        dataset_kwargs={"skip_prepare_dataset": True},
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        **mixed_precision(job),
+    )
+    overlap = set(args) & set(t.sft_args)
+    if overlap:
+        raise UserError(f"train.sft_args sets {sorted(overlap)}, which lora-train already maps; use the train.* keys")
+    try:
+        return SFTConfig(**args, **t.sft_args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"train.sft_args / train.* rejected by trl.SFTConfig: {e}") from e
+
+
+def check_eos_trained(collator, dataset, eos_id: int) -> None:
+    """Pre-flight: run the real collator on real examples and make sure every example's final EOS keeps its label.
+
+    The original GPT4All-J code used pad == EOS with a collator that masked pad tokens, so the model never learned
+    to stop. Whatever the tokenizer or collator, this catches it before any step is spent.
+    """
+    with_eos = [i for i in range(min(len(dataset), 64)) if dataset[i]["labels"][-1] == eos_id]
+    if not with_eos:
+        return  # every example was cut before its EOS: data.py already counted that as truncation
+    picked = sorted(with_eos, key=lambda i: len(dataset[i]["input_ids"]))
+    picked = [picked[0], picked[-1]] if len(picked) > 1 else picked  # shortest and longest: forces padding
+    examples = [dataset[i] for i in picked]
+    batch = collator(examples)
+    for row, ex in enumerate(examples):
+        last = len(ex["input_ids"]) - 1
+        if int(batch["labels"][row, last]) != eos_id:
+            raise UserError(
+                "pre-flight check failed: the data collator masks the EOS label (the model would never learn to "
+                "stop). This happens when pad == EOS and padding is masked by token id; give the tokenizer a "
+                "distinct pad token or use a collator that masks by position."
+            )
+
+
+def run(cfg: DictConfig | TrainJob) -> Path | None:
+    """Train one adapter; returns its folder (None for dry_run). Raises UserError for anything the user can fix."""
+    job = to_job(cfg)
+    check_job(job)
+    final = Path(job.adapters_dir) / job.run_name
+    if not job.resume:
+        artifacts.check_writable(final, job.overwrite)
+    check_source(job.data)
+    model_path = resolve_model(job.model)
+    world = plan.world_size()
+    accumulation = plan.grad_accumulation(job, world)
+    p = plan.Plan(world=world, accumulation=accumulation,
+                  global_batch=job.train.per_device_batch_size * world * accumulation)
+    if job.dry_run:
+        return _dry_run(job, p, model_path)
+
+    import torch
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    set_seed(job.seed)
+    started = time.time()
+    tokenizer = load_tokenizer(model_path, job.model)
+    train_ds, eval_ds, report = build_datasets(job.data, tokenizer, job.seed)
+    p.train_rows = len(train_ds)
+    p.optimizer_steps = plan.optimizer_steps(job, len(train_ds), p.global_batch)
+    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
+    base = load_base(model_path, job.model, job.quant, device_map=device_map)
+
+    work_dir = Path(job.adapters_dir) / f".{job.run_name}.work"
+    trainer = SFTTrainer(
+        model=base,
+        args=sft_config(job, work_dir, accumulation, eval_ds is not None),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config(job.lora),
+    )
+    # TRL stores a quantized model's LoRA weights in bf16. At the recipe's lr of 2e-5, an Adam update is smaller
+    # than bf16's resolution of typical LoRA-A values, so updates would round away: keep float32 master weights
+    # (the forward pass still runs in bf16 under autocast).
+    for param in trainer.model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    check_eos_trained(trainer.data_collator, train_ds, tokenizer.eos_token_id)
+    p.trainable_params, p.total_params = (lambda t, a: (t, a - t))(*trainer.model.get_nb_trainable_parameters())
+    if trainer.is_world_process_zero():
+        print("\n".join(p.lines(job)), flush=True)
+
+    result = trainer.train()
+    final_eval = trainer.evaluate() if eval_ds is not None else {}
+    runtime = time.time() - started
+    if not trainer.is_world_process_zero():
+        return final
+    metrics = _metrics(job, trainer, result, final_eval, report, train_ds, p, runtime)
+    staging = artifacts.staging_dir(final)
+    try:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "lora_train.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
+        artifacts.write_json(staging / "metrics.json", metrics)
+        artifacts.plot_losses(metrics["history"], staging / "loss.png", job.run_name)
+        (staging / "README.md").write_text(card.render(job.run_name, metrics["config"], metrics))
+        tb = next(work_dir.glob("runs"), None)
+        if tb is not None:
+            shutil.copytree(tb, staging / "tensorboard")
+        artifacts.publish(staging, final, job.overwrite or job.resume)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    print(f"adapter written to {final}  (train loss {metrics['train_loss']:.4f}"
+          + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "") + ")", flush=True)
+    return final
+
+
+def _dry_run(job: TrainJob, p: plan.Plan, model_path: str) -> None:
+    try:
+        p.total_params, p.trainable_params = plan.count_parameters(model_path, job)
+    except Exception as e:  # e.g. a Hub model's config while offline: the plan is still useful without counts
+        print(f"(parameter counts unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
+    rows = None
+    if is_local(resolve_source(job.data.source)):  # counting a Hub dataset would mean downloading it
+        rows, _ = read_rows(job.data)
+    if rows is not None:
+        p.train_rows = len(rows) - int(round(len(rows) * job.data.val_fraction))
+        p.optimizer_steps = plan.optimizer_steps(job, p.train_rows, p.global_batch)
+    print("dry run: nothing will be trained\n" + "\n".join(p.lines(job)), flush=True)
+    return None
+
+
+def _metrics(job, trainer, result, final_eval, report, train_ds, p, runtime) -> dict:
+    import resource
+
+    import torch
+
+    history = trainer.state.log_history
+    steps = trainer.state.global_step
+    # Tokens seen: the dataset's tokens times the fraction of an epoch the optimizer steps covered.
+    epochs_done = steps * p.global_batch / max(1, len(train_ds))
+    input_tokens = sum(len(x) for x in train_ds["input_ids"]) * epochs_done
+    trained_tokens = sum(sum(1 for v in x if v != -100) for x in train_ds["labels"]) * epochs_done
+    train_time = result.metrics.get("train_runtime", runtime)
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    m = {
+        "run_name": job.run_name,
+        "train_loss": train_losses[-1] if train_losses else result.training_loss,
+        "train_loss_mean": result.training_loss,
+        "global_step": steps,
+        "epochs": epochs_done,
+        "runtime_s": round(runtime, 2),
+        "train_runtime_s": round(train_time, 2),
+        "input_tokens_per_s": round(input_tokens / train_time, 1),
+        "trained_tokens_per_s": round(trained_tokens / train_time, 1),
+        "peak_memory_mib": round(peak, 1),
+        "peak_memory_kind": "cuda_allocated" if torch.cuda.is_available() else "process_rss",
+        "world_size": p.world,
+        "global_batch_size": p.global_batch,
+        "trainable_params": p.trainable_params,
+        "data": asdict(report),
+        "history": history,
+        "config": OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True),
+    }
+    if "eval_loss" in final_eval:
+        m["eval_loss"] = final_eval["eval_loss"]
+        m["eval_perplexity"] = math.exp(min(final_eval["eval_loss"], 50))
+    return json.loads(json.dumps(m, default=str))
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

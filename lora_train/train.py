@@ -59,6 +59,15 @@ def mixed_precision(job: TrainJob) -> dict:
     return {"bf16": dt == DType.bfloat16, "fp16": dt == DType.float16}
 
 
+def _checkpointing(on: bool) -> dict:
+    """transformers renamed gradient_checkpointing to activation_checkpointing; use whichever this version has."""
+    from trl import SFTConfig
+
+    if "activation_checkpointing" in SFTConfig.__dataclass_fields__:
+        return {"activation_checkpointing": on, "gradient_checkpointing": None}
+    return {"gradient_checkpointing": on}
+
+
 def sft_config(job: TrainJob, work_dir: Path, accumulation: int, has_eval: bool):
     import torch
     from trl import SFTConfig
@@ -77,7 +86,7 @@ def sft_config(job: TrainJob, work_dir: Path, accumulation: int, has_eval: bool)
         lr_scheduler_type=t.lr_scheduler,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
+        **_checkpointing(t.gradient_checkpointing),
         optim=t.optim,
         logging_steps=t.logging_steps,
         logging_first_step=True,

@@ -1,0 +1,41 @@
+"""Shared test setup: no network, a private model cache, and one trained adapter reused by several tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach a hub: the tiny model and the data are built or shipped locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """A fresh cache for the tiny GPT-J, so the tests also prove it builds from nothing."""
+    if "LORA_TRAIN_CACHE" not in os.environ:
+        os.environ["LORA_TRAIN_CACHE"] = str(tmp_path_factory.mktemp("lora_train_cache"))
+    return Path(os.environ["LORA_TRAIN_CACHE"])
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script the way a user would (through the installed entry point)."""
+    exe = Path(sys.executable).with_name(args[0])
+    return subprocess.run([str(exe), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ))
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, model_cache) -> Path:
+    """`lora-train` exactly as the README's quickstart runs it (the embedded default), in a scratch folder."""
+    work = tmp_path_factory.mktemp("quickstart")
+    proc = run_cli("lora-train", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folders = [p for p in (work / "adapters").iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 1 and folders[0].name.startswith("tiny-gptj-sample-"), folders
+    return folders[0]

@@ -1,0 +1,81 @@
+"""Every shipped config composes and validates; bad overrides fail at compose time, naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from lora_train import compose
+from lora_train.schema import QuantMode, TrainJob
+
+from conftest import run_cli
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["model", "quant", "lora", "data", "train", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_shipped_config_composes_and_validates(group, option):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("data", "jsonl"):
+        overrides.append("data.source=rows.jsonl")  # that preset requires the user to name the file
+    job = OmegaConf.to_object(compose("train", overrides))
+    assert isinstance(job, TrainJob)
+
+
+def test_every_config_file_says_how_to_run_it():
+    for path in CONF.rglob("*.yaml"):
+        text = path.read_text()
+        assert "lora-train" in text.split("\n\n")[0], f"{path} should start with the command that uses it"
+
+
+def test_gpt4all_j_recipe_has_the_model_card_numbers():
+    job = OmegaConf.to_object(compose("train", ["experiment=gpt4all_j_lora_6b"]))
+    assert job.model.name_or_path == "EleutherAI/gpt-j-6b"
+    assert job.quant.mode == QuantMode.nf4 and job.quant.double_quant
+    assert job.quant.compute_dtype.value == "bfloat16"
+    assert (job.lora.r, job.lora.alpha, job.lora.dropout) == (8, 32, 0.1)
+    assert job.lora.target_modules == ["q_proj", "v_proj"]
+    assert job.data.source == "nomic-ai/gpt4all-j-prompt-generations" and job.data.val_fraction == 0.05
+    assert job.data.max_length == 1024
+    t = job.train
+    assert (t.learning_rate, t.lr_scheduler, t.warmup_steps, t.weight_decay, t.epochs) == (2e-5, "cosine", 500, 0.0, 2)
+    assert t.global_batch_size == 256 and t.gradient_checkpointing
+    assert job.seed == 42
+
+
+@pytest.mark.parametrize("revision", ["v1.0", "v1.1-breezy", "v1.2-jazzy", "v1.3-groovy"])
+def test_dataset_revision_is_selectable(revision):
+    job = OmegaConf.to_object(compose("train", ["experiment=gpt4all_j_lora_6b", f"data.revision={revision}"]))
+    assert job.data.revision == revision
+
+
+@pytest.mark.parametrize("override,key", [
+    ("lora.r=abc", "lora.r"),
+    ("quant.mode=nf5", "quant.mode"),
+    ("train.learning_rat=1e-4", "train.learning_rat"),
+    ("model=gptj_7b", "model"),
+])
+def test_invalid_override_is_rejected_naming_the_key(override, key):
+    with pytest.raises(Exception) as err:
+        OmegaConf.to_object(compose("train", [override]))
+    assert key.split(".")[-1] in str(err.value)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("lora.r=abc", "lora.r"),
+    ("quant.mode=nf5", "expected one of [nf4, fp4, int8, none]"),
+    ("bogus=1", "bogus"),
+])
+def test_cli_rejects_bad_override_without_traceback(tmp_path, override, expected):
+    proc = run_cli("lora-train", override, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "adapters").exists()

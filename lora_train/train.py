@@ -21,6 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lora_train import artifacts, card, plan
+from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.errors import UserError, reported
 from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, resolve_model
@@ -198,6 +199,8 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         trainer.model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "lora_train.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
+        artifacts.write_json(staging / BASE_FILE, {**base_summary(base.config), "name_or_path": job.model.name_or_path,
+                                                   "revision": job.model.revision})
         artifacts.write_json(staging / "metrics.json", metrics)
         artifacts.plot_losses(metrics["history"], staging / "loss.png", job.run_name)
         (staging / "README.md").write_text(card.render(job.run_name, metrics["config"], metrics))

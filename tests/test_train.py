@@ -136,3 +136,42 @@ def test_eos_preflight_catches_a_collator_that_masks_eos(tmp_path):
 
     with pytest.raises(UserError, match="masks the EOS label"):
         check_eos_trained(masks_pad_ids, ds, eos)
+
+
+def test_adapter_folder_is_checked_against_a_base(trained_adapter, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, GPTJConfig, GPTJForCausalLM
+
+    from lora_train.adapters import check_against_config, check_against_model, read_adapter
+    from lora_train.model import resolve_model
+
+    info = read_adapter(trained_adapter)
+    assert info.job is not None and info.base["model_type"] == "gptj"
+    assert {m.rsplit(".", 1)[-1] for m in info.modules} == {"q_proj", "v_proj"}
+    base_path = resolve_model(info.job.model)
+    check_against_config(info, AutoConfig.from_pretrained(base_path), "the tiny GPT-J")
+    check_against_model(info, AutoModelForCausalLM.from_pretrained(base_path), "the tiny GPT-J")
+
+    other = GPTJConfig(vocab_size=1024, n_embd=128, n_layer=4, n_head=4, rotary_dim=16)
+    with pytest.raises(UserError, match="hidden_size=256.*has hidden_size=128"):
+        check_against_config(info, other, "other-base")
+    with pytest.raises(UserError, match="256->256 in the adapter but 128->128 in other-base"):
+        check_against_model(info, GPTJForCausalLM(other), "other-base")
+
+
+def test_broken_adapter_folders_are_named_in_the_error(trained_adapter, tmp_path):
+    import shutil
+
+    from lora_train.adapters import read_adapter
+
+    bad = tmp_path / "broken"
+    shutil.copytree(trained_adapter, bad)
+    (bad / "adapter_config.json").write_text("{nope")
+    with pytest.raises(UserError, match="adapter 'broken'.*adapter_config.json is not a JSON object"):
+        read_adapter(bad)
+    shutil.copy(trained_adapter / "adapter_config.json", bad)
+    (bad / "adapter_model.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.raises(UserError, match="adapter 'broken'.*unreadable"):
+        read_adapter(bad)
+    (bad / "adapter_model.safetensors").unlink()
+    with pytest.raises(UserError, match="no adapter_model.safetensors"):
+        read_adapter(bad)

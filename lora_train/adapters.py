@@ -1,0 +1,155 @@
+"""Adapter folders as later commands see them: what base they need, and whether a given base fits them.
+
+Every command that puts an adapter to work (merge, generate, serve, eval) reads it through `read_adapter` and
+checks it with `check_against_config` (before loading the base) and `check_against_model` (after), so an adapter
+for another base is refused with a message naming both, instead of failing deep inside PEFT or, worse, loading
+with silently ignored weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lora_train.errors import UserError
+from lora_train.schema import TrainJob
+
+BASE_FILE = "base_model.json"  # written next to the adapter at training time: the base's shape
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+
+
+@dataclass
+class AdapterInfo:
+    folder: Path
+    name: str
+    peft_config: dict
+    job: TrainJob | None  # the lora-train config it was trained with (None for adapters made elsewhere)
+    base: dict  # base_model.json, or {} when absent
+    # module name -> (in_features, out_features, rank) from the weight file's header
+    modules: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    @property
+    def base_name_or_path(self) -> str:
+        if self.job is not None:
+            return self.job.model.name_or_path
+        return self.peft_config.get("base_model_name_or_path") or ""
+
+
+def base_summary(config) -> dict:
+    """The facts about a base model that decide whether an adapter fits it (from a transformers config)."""
+    return {
+        "model_type": getattr(config, "model_type", None),
+        "architectures": list(getattr(config, "architectures", None) or []),
+        "hidden_size": getattr(config, "hidden_size", None) or getattr(config, "n_embd", None),
+        "num_hidden_layers": getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+    }
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors header, without reading the weights."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > 100 * 2**20:
+            raise ValueError("not a safetensors file (bad header length)")
+        header = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def read_adapter(folder: str | Path, allow_pickle: bool = False) -> AdapterInfo:
+    """Read and check an adapter folder's metadata; every problem is a UserError naming the folder and file."""
+    folder = Path(folder)
+    name = folder.name
+    if not folder.is_dir():
+        raise UserError(f"adapter {name!r}: {folder} is not a folder")
+    cfg_file = folder / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"adapter {name!r}: {cfg_file} is missing (not a PEFT adapter folder)")
+    try:
+        peft_config = json.loads(cfg_file.read_text())
+        assert isinstance(peft_config, dict)
+    except (ValueError, AssertionError, UnicodeDecodeError) as e:
+        raise UserError(f"adapter {name!r}: {cfg_file} is not a JSON object ({e})") from e
+    if peft_config.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"adapter {name!r}: peft_type {peft_config.get('peft_type')!r} is not LoRA")
+
+    weights = folder / "adapter_model.safetensors"
+    modules: dict[str, tuple[int, int, int]] = {}
+    if weights.is_file():
+        try:
+            shapes = _safetensors_shapes(weights)
+        except (OSError, ValueError) as e:
+            raise UserError(f"adapter {name!r}: {weights} is unreadable ({e})") from e
+        a_shapes, b_shapes = {}, {}
+        for key, shape in shapes.items():
+            m = _LORA_KEY.match(key)
+            if m and len(shape) == 2:
+                (a_shapes if m["ab"] == "A" else b_shapes)[m["module"]] = shape
+        for module, (r, fan_in) in a_shapes.items():
+            if module not in b_shapes:
+                raise UserError(f"adapter {name!r}: {weights} has lora_A but no lora_B for {module}")
+            fan_out, r_b = b_shapes[module]
+            if r_b != r:
+                raise UserError(f"adapter {name!r}: {weights}: rank mismatch in {module} (A {r}, B {r_b})")
+            modules[module] = (fan_in, fan_out, r)
+        if not modules:
+            raise UserError(f"adapter {name!r}: {weights} holds no LoRA weights")
+    elif (folder / "adapter_model.bin").is_file():
+        if not allow_pickle:
+            raise UserError(f"adapter {name!r}: only adapter_model.bin (a pickle, which can run code when loaded) "
+                            "was found; convert it to safetensors or allow pickle weights explicitly")
+    else:
+        raise UserError(f"adapter {name!r}: no adapter_model.safetensors in {folder}")
+
+    job = None
+    yaml_file = folder / "lora_train.yaml"
+    if yaml_file.is_file():
+        try:
+            job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainJob), OmegaConf.load(yaml_file)))
+        except Exception as e:  # a hand-edited or foreign file: say which one
+            raise UserError(f"adapter {name!r}: {yaml_file} is not a valid lora-train config ({e})") from e
+    base = {}
+    base_file = folder / BASE_FILE
+    if base_file.is_file():
+        try:
+            base = json.loads(base_file.read_text())
+        except ValueError as e:
+            raise UserError(f"adapter {name!r}: {base_file} is not JSON ({e})") from e
+    return AdapterInfo(folder=folder, name=name, peft_config=peft_config, job=job, base=base, modules=modules)
+
+
+def check_against_config(info: AdapterInfo, base_config, base_label: str) -> None:
+    """Compare the adapter's recorded base with a base model's config, before loading any weight."""
+    have = base_summary(base_config)
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
+        want = info.base.get(key)
+        if want is not None and have.get(key) is not None and want != have[key]:
+            raise UserError(
+                f"adapter {info.name!r} was trained on a base with {key}={want} "
+                f"({info.base_name_or_path or 'unknown base'}), but {base_label} has {key}={have[key]}"
+            )
+
+
+def check_against_model(info: AdapterInfo, model, base_label: str) -> None:
+    """Every module the adapter adapts must exist in the base with the same in/out features."""
+    import torch
+
+    names = dict(model.named_modules())
+    for module, (fan_in, fan_out, _r) in sorted(info.modules.items()):
+        target = names.get(module) or names.get(module.removeprefix("model."))
+        if target is None:
+            raise UserError(f"adapter {info.name!r} adapts {module}, which {base_label} does not have "
+                            f"(trained for {info.base_name_or_path or 'another base'})")
+        base_layer = getattr(target, "base_layer", target)  # already wrapped by PEFT
+        shape = (getattr(base_layer, "in_features", None), getattr(base_layer, "out_features", None))
+        if isinstance(base_layer, torch.nn.Embedding):
+            shape = (base_layer.num_embeddings, base_layer.embedding_dim)
+        if shape != (fan_in, fan_out):
+            raise UserError(
+                f"adapter {info.name!r}: {module} is {fan_in}->{fan_out} in the adapter but {shape[0]}->{shape[1]} "
+                f"in {base_label} (the adapter was trained for {info.base_name_or_path or 'another base'})"
+            )

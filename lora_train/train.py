@@ -49,9 +49,6 @@ def check_job(job: TrainJob) -> None:
     ]:
         if not ok:
             raise UserError(f"{key}={value!r} is out of range")
-    if t.packing:
-        raise UserError("train.packing=true is not available yet; use train.group_by_length=true (the default), "
-                        "which keeps padding low without mixing examples")
 
 
 def mixed_precision(job: TrainJob) -> dict:
@@ -129,8 +126,10 @@ def check_eos_trained(collator, dataset, eos_id: int) -> None:
     picked = [picked[0], picked[-1]] if len(picked) > 1 else picked  # shortest and longest: forces padding
     examples = [dataset[i] for i in picked]
     batch = collator(examples)
-    for row, ex in enumerate(examples):
-        last = len(ex["input_ids"]) - 1
+    # A packing collator lays several examples out in one row; it says where each example's last token went.
+    where = collator.positions(examples) if hasattr(collator, "positions") else \
+        [(row, len(ex["input_ids"]) - 1) for row, ex in enumerate(examples)]
+    for row, last in where:
         if int(batch["labels"][row, last]) != eos_id:
             raise UserError(
                 "pre-flight check failed: the data collator masks the EOS label (the model would never learn to "
@@ -160,6 +159,8 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     from trl import SFTTrainer
 
     set_seed(job.seed)
+    from lora_train.packing import collator_for
+
     started = time.time()
     tokenizer = load_tokenizer(model_path, job.model)
     train_ds, eval_ds, report = build_datasets(job.data, tokenizer, job.seed)
@@ -176,6 +177,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=peft_config(job.lora),
+        data_collator=collator_for(base, tokenizer, job.data.max_length) if job.train.packing else None,
     )
     # TRL stores a quantized model's LoRA weights in bf16. At the recipe's lr of 2e-5, an Adam update is smaller
     # than bf16's resolution of typical LoRA-A values, so updates would round away: keep float32 master weights

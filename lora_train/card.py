@@ -29,12 +29,25 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def _step(s: dict) -> str:
+    """'377 -> 374 (removed 3, e.g. file:101: prompt is one character)' for one curation step."""
+    text = f"{s['rows_in']} -> {s['rows_out']} (removed {s['rows_in'] - s['rows_out']}"
+    if s.get("step") == "dedup":
+        text += f": {s.get('exact', 0)} exact, {s.get('near', 0)} near"
+    if s.get("examples"):
+        text += f"; e.g. {s['examples'][0]}"
+    return text.replace("|", "\\|") + ")"
+
+
 def render(run_name: str, config: dict, metrics: dict) -> str:
     """Markdown with a YAML header the Hub understands (library, base model, tags)."""
     model, data = config["model"], config["data"]
     base = model["name_or_path"]
     report = metrics.get("data", {})
-    curation = ", ".join(data.get("filters") or []) or "none"
+    steps = report.get("steps") or []
+    curation = ", ".join(report.get("filters") or data.get("filters") or []) or "none"
+    if data.get("curation"):
+        curation = f"{data['curation']} ({curation})"
     evals = [h["eval_loss"] for h in metrics.get("history", []) if "eval_loss" in h]
     results = [
         ("final train loss", metrics.get("train_loss")),
@@ -55,6 +68,7 @@ def render(run_name: str, config: dict, metrics: dict) -> str:
         ("dropped (no response tokens left)", report.get("dropped_no_response_tokens")),
         ("train / validation rows", f"{report.get('train_rows')} / {report.get('val_rows')}"),
     ]
+    data_rows[4:4] = [(f"curation step {s['step']} (rows in -> out)", _step(s)) for s in steps]
     hyper = [(k, v) for k, v in _flatten(config) if k.split(".")[0] in {"quant", "lora", "train", "data", "model"}]
     hyper.append(("seed", config.get("seed")))
     return f"""---

@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lora_train import artifacts, card, plan
+from lora_train import artifacts, card, distributed, plan
 from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.errors import UserError, reported
@@ -142,9 +142,10 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     """Train one adapter; returns its folder (None for dry_run). Raises UserError for anything the user can fix."""
     job = to_job(cfg)
     check_job(job)
+    job = distributed.setup(job)  # several processes: one run_name, one process group, launcher checked
     final = Path(job.adapters_dir) / job.run_name
     if not job.resume:
-        artifacts.check_writable(final, job.overwrite)
+        distributed.rank_zero_check(artifacts.check_writable, final, job.overwrite)
     check_source(job.data)
     model_path = resolve_model(job.model)
     world = plan.world_size()
@@ -166,7 +167,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     train_ds, eval_ds, report = build_datasets(job.data, tokenizer, job.seed)
     p.train_rows = len(train_ds)
     p.optimizer_steps = plan.optimizer_steps(job, len(train_ds), p.global_batch)
-    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
+    device_map = distributed.device_map()
     base = load_base(model_path, job.model, job.quant, device_map=device_map)
 
     work_dir = Path(job.adapters_dir) / f".{job.run_name}.work"

@@ -132,8 +132,9 @@ class Guard(TrainerCallback):
         sampler = _sampler_of(train_dataloader)
         if sampler is not None and sampler.generator is None:
             self._generator = sampler.generator = torch.Generator()
-        if args.save_strategy != "no" and state.is_world_process_zero:
-            print(f"checkpoints every {args.save_steps} steps in {self.work}; if interrupted, resume with: "
+        if state.is_world_process_zero:
+            when = f"every {args.save_steps} steps and " if args.save_strategy != "no" else ""
+            print(f"checkpoints {when}on SIGTERM/SIGUSR1 in {self.work}; if interrupted, resume with: "
                   f"{resume_command(self.job)}", flush=True)
 
     def on_epoch_begin(self, args, state, control, **kwargs):

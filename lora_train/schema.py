@@ -140,7 +140,10 @@ class TrainConfig:
     logging_steps: int = 5
     eval_steps: Optional[int] = None  # None = evaluate once per epoch
     save_steps: Optional[int] = None  # None = no intermediate checkpoints
-    save_total_limit: int = 2
+    save_total_limit: int = 2  # complete checkpoints kept in adapters/.<run_name>.work (<= 0: all)
+    # Optimizer steps with NaN/inf loss or gradients that are skipped (not applied) before training stops; 0 = stop at
+    # the first one. The last good checkpoint is kept either way.
+    max_nonfinite_steps: int = 0
     packing: bool = False
     group_by_length: bool = True  # batch examples of similar length together: less padding
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -162,7 +165,9 @@ class TrainJob:
     seed: int = 42
     dry_run: bool = False  # print the plan and exit without loading anything heavy
     overwrite: bool = False  # replace an existing adapter folder of the same run_name
-    resume: bool = False
+    # false: start fresh; true: continue the newest complete checkpoint of run_name (same data order and schedule);
+    # auto: like true, or a fresh start when there is no checkpoint; or the path of one checkpoint folder.
+    resume: str = "false"
 
 
 def register() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lora_train import artifacts, card, distributed, plan
+from lora_train import artifacts, card, checkpoints, distributed, guards, plan
 from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.errors import UserError, reported
@@ -92,7 +92,7 @@ def sft_config(job: TrainJob, work_dir: Path, accumulation: int, has_eval: bool)
         eval_steps=t.eval_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # lora_train.guards prunes, only after the newer checkpoint is marked complete
         report_to=list(t.report_to) or "none",
         seed=job.seed,
         data_seed=job.seed,
@@ -144,8 +144,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     check_job(job)
     job = distributed.setup(job)  # several processes: one run_name, one process group, launcher checked
     final = Path(job.adapters_dir) / job.run_name
-    if not job.resume:
-        distributed.rank_zero_check(artifacts.check_writable, final, job.overwrite)
+    distributed.rank_zero_check(artifacts.check_writable, final, job.overwrite)
     check_source(job.data)
     model_path = resolve_model(job.model)
     world = plan.world_size()
@@ -154,6 +153,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
                   global_batch=job.train.per_device_batch_size * world * accumulation)
     if job.dry_run:
         return _dry_run(job, p, model_path)
+    resume_from = checkpoints.prepare(job)  # None, or the complete checkpoint to continue
 
     import torch
     from transformers import set_seed
@@ -170,7 +170,8 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     device_map = distributed.device_map()
     base = load_base(model_path, job.model, job.quant, device_map=device_map)
 
-    work_dir = Path(job.adapters_dir) / f".{job.run_name}.work"
+    work_dir = checkpoints.work_dir(job)
+    guard = guards.Guard(job, work_dir)
     trainer = SFTTrainer(
         model=base,
         args=sft_config(job, work_dir, accumulation, eval_ds is not None),
@@ -178,6 +179,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=peft_config(job.lora),
+        callbacks=[guard],
         data_collator=collator_for(base, tokenizer, job.data.max_length) if job.train.packing else None,
     )
     # TRL stores a quantized model's LoRA weights in bf16. At the recipe's lr of 2e-5, an Adam update is smaller
@@ -191,7 +193,8 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     if trainer.is_world_process_zero():
         print("\n".join(p.lines(job)), flush=True)
 
-    result = trainer.train()
+    with guard.watching():  # SIGTERM/SIGUSR1 -> checkpoint + exit 75; NaN steps; failed saves -> clear errors
+        result = trainer.train(resume_from_checkpoint=resume_from)
     final_eval = trainer.evaluate() if eval_ds is not None else {}
     runtime = time.time() - started
     if not trainer.is_world_process_zero():
@@ -210,7 +213,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         tb = next(work_dir.glob("runs"), None)
         if tb is not None:
             shutil.copytree(tb, staging / "tensorboard")
-        artifacts.publish(staging, final, job.overwrite or job.resume)
+        artifacts.publish(staging, final, job.overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -109,7 +109,7 @@ def adapter_tensors(info: AdapterInfo, allow_pickle: bool) -> dict:
         raise UserError(f"adapter {info.name!r}: {path} is corrupt ({e})") from e
 
 
-def _scale(info: AdapterInfo, module: str, r: int) -> float:
+def lora_scale(info: AdapterInfo, module: str, r: int) -> float:
     from peft.utils.other import get_pattern_key
 
     cfg = info.peft_config
@@ -156,7 +156,7 @@ def lora_updates(info: AdapterInfo, tensors: dict, ckpt: BaseCheckpoint) -> dict
         if ckpt.shapes[name] != want:
             raise UserError(f"adapter {info.name!r}: {module} is {want} in the adapter but {ckpt.shapes[name]} in "
                             f"{ckpt.label} (the adapter was trained for {info.base_name_or_path or 'another base'})")
-        scale = _scale(info, module, a.shape[0])
+        scale = lora_scale(info, module, a.shape[0])
 
         def update(w, a=a, b=b, scale=scale):
             d = (b.float() @ a.float()) * scale

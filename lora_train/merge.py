@@ -51,17 +51,18 @@ def run(cfg: DictConfig | MergeJob) -> Path:
 
 
 def base_of(job: MergeJob, info: AdapterInfo) -> tuple[ModelConfig, QuantConfig]:
-    """The base to merge into (model= wins over the adapter's lora_train.yaml) and the quantization it trained on."""
+    """The base to merge into (base_model= wins over the adapter's lora_train.yaml) and the quantization it trained
+    on."""
     quant = info.job.quant if info.job is not None else QuantConfig(mode=QuantMode.none)
-    if job.model:
+    if job.base_model:
         trust = info.job.model.trust_remote_code if info.job is not None else False
-        return ModelConfig(name=Path(job.model).name, name_or_path=job.model, revision=job.revision,
+        return ModelConfig(name=Path(job.base_model).name, name_or_path=job.base_model, revision=job.base_revision,
                            trust_remote_code=trust), quant
     if info.job is not None:
         return info.job.model, quant
     if info.base_name_or_path:
         return ModelConfig(name=info.base_name_or_path, name_or_path=info.base_name_or_path), quant
-    raise UserError(f"adapter {info.name!r} does not say which base it was trained on; pass model=<folder or Hub id>")
+    raise UserError(f"adapter {info.name!r} does not say which base it was trained on; pass base_model=<folder or Hub id>")
 
 
 def output_dtype(job: MergeJob, ckpt: BaseCheckpoint):

@@ -57,8 +57,10 @@ class MergeJob:
     svd_rank: Optional[int] = None  # svd: rank of the result (default the largest input rank)
     majority_sign_method: str = "total"  # ties / dare_ties: "total" or "frequency"
     output: Optional[str] = None  # the folder to write (a full model, or an adapter when combining)
-    model: Optional[str] = None  # base model folder or Hub id; default: read from the adapter's lora_train.yaml
-    revision: Optional[str] = None  # Hub revision of `model`
+    # Base model folder or Hub id; default: read from the adapter's lora_train.yaml. (Not `model=`: that name is
+    # lora-train's config group, which Hydra would try to select.)
+    base_model: Optional[str] = None
+    base_revision: Optional[str] = None  # Hub revision of base_model
     dtype: DType = DType.auto  # dtype of the merged weights; auto = the base checkpoint's own
     overwrite: bool = False  # replace an existing output folder
     allow_pickle: bool = False  # accept pickle (.bin) weights, which can run code when loaded

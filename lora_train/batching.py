@@ -42,6 +42,7 @@ class Stats:
     batches: int = 0
     rows: int = 0
     largest_batch: int = 0
+    cancelled: int = 0  # rows stopped early because their client went away
 
 
 class Batcher:
@@ -126,6 +127,7 @@ class Batcher:
             self.stats.batches += 1
             self.stats.rows += len(group)
             self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+            self.stats.cancelled += sum(r.finish_reason == "cancelled" for r in results)
             for t, r in zip(group, results):
                 _finish(t, r, None)
 

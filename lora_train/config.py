@@ -8,6 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 import lora_train.schema  # noqa: F401  (registers the schemas the configs name)
+import lora_train.infer_schema  # noqa: F401  (registers generate_schema and serve_schema)
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:

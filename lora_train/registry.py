@@ -43,12 +43,29 @@ def check_name(name) -> str:
     return name
 
 
+def escapes(folder: Path, root: Path) -> Path | None:
+    """The first of the folder and its files that resolves outside `root` (through a symlink), else None."""
+    root = root.resolve()
+    for p in [folder, *(folder.iterdir() if folder.is_dir() else [])]:
+        if not p.resolve().is_relative_to(root):
+            return p
+    return None
+
+
 def list_adapter_folders(adapters_dir: Path) -> list[Path]:
-    """Sub-folders that hold an adapter (hidden staging folders of a training run in progress are skipped)."""
+    """Sub-folders that hold an adapter. Hidden staging folders of a training run in progress are skipped, and so
+    are folders that lead outside adapters_dir through a symlink."""
     if not adapters_dir.is_dir():
         return []
-    return sorted(p for p in adapters_dir.iterdir()
-                  if not p.name.startswith(".") and (p / "adapter_config.json").is_file())
+    found = []
+    for p in sorted(adapters_dir.iterdir()):
+        if p.name.startswith(".") or not (p / "adapter_config.json").is_file():
+            continue
+        if escapes(p, adapters_dir) is not None:
+            log.warning("skipping %s: it leads outside %s (symlink)", p, adapters_dir)
+            continue
+        found.append(p)
+    return found
 
 
 def infer_base(folders: list[Path], allow_pickle: bool = False) -> tuple[ModelConfig, QuantConfig]:
@@ -152,13 +169,12 @@ class MultiAdapterModel:
                 return self._known[name]
         if self.adapters_dir is None:
             raise UnknownAdapter(f"adapter {name!r} does not exist")
-        root = self.adapters_dir.resolve()
         folder = self.adapters_dir / name
         if not folder.exists():
             raise UnknownAdapter(f"adapter {name!r} does not exist in {self.adapters_dir}")
-        for p in [folder, *folder.iterdir()]:
-            if not p.resolve().is_relative_to(root):
-                raise UserError(f"adapter {name!r}: {p.name} leads outside {self.adapters_dir} (symlink); refused")
+        bad = escapes(folder, self.adapters_dir)
+        if bad is not None:
+            raise UserError(f"adapter {name!r}: {bad.name} leads outside {self.adapters_dir} (symlink); refused")
         with self.lock:
             self._known[name] = folder
         return folder

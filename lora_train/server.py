@@ -7,8 +7,8 @@ are batched together across adapters by lora_train.batching. Every mistake in a 
 OpenAI's error JSON; the worker keeps serving everyone else.
 """
 
-from __future__ import annotations
 
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at definition time.
 import asyncio
 import hmac
 import json
@@ -219,7 +219,7 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
     async def health():
         return {"status": "ok", "base": host.base_name, "resident_adapters": host.resident(),
                 "queued": batcher.queue.qsize(), "batches": batcher.stats.batches, "rows": batcher.stats.rows,
-                "largest_batch": batcher.stats.largest_batch}
+                "largest_batch": batcher.stats.largest_batch, "cancelled": batcher.stats.cancelled}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():

@@ -42,10 +42,15 @@ def check_job(job: TrainJob) -> None:
         ("lora.dropout", lo.dropout, 0 <= lo.dropout < 1), ("lora.target_modules", lo.target_modules, bool(lo.target_modules)),
         ("data.val_fraction", d.val_fraction, 0 <= d.val_fraction < 1), ("data.max_length", d.max_length, d.max_length > 1),
         ("data.max_prompt_fraction", d.max_prompt_fraction, 0 < d.max_prompt_fraction < 1),
-        ("train.learning_rate", t.learning_rate, t.learning_rate > 0),
+        ("train.learning_rate", t.learning_rate, 0 < t.learning_rate < math.inf),
         ("train.per_device_batch_size", t.per_device_batch_size, t.per_device_batch_size > 0),
-        ("train.epochs", t.epochs, t.epochs > 0 or t.max_steps > 0),
+        ("train.epochs", t.epochs, (0 < t.epochs < math.inf) or (t.max_steps > 0 and math.isfinite(t.epochs))),
         ("train.warmup_steps", t.warmup_steps, t.warmup_steps >= 0),
+        ("train.global_batch_size", t.global_batch_size, t.global_batch_size is None or t.global_batch_size > 0),
+        ("train.save_steps", t.save_steps, t.save_steps is None or t.save_steps > 0),
+        ("train.eval_steps", t.eval_steps, t.eval_steps is None or t.eval_steps > 0),
+        ("train.logging_steps", t.logging_steps, t.logging_steps > 0),
+        ("train.max_nonfinite_steps", t.max_nonfinite_steps, t.max_nonfinite_steps >= 0),
     ]:
         if not ok:
             raise UserError(f"{key}={value!r} is out of range")

@@ -8,6 +8,7 @@ Library use mirrors the console scripts: compose a config, call run().
 
 from lora_train.config import compose
 from lora_train.errors import UserError
+from lora_train.merge import run as merge
 from lora_train.train import run as train
 
-__all__ = ["compose", "train", "UserError"]
+__all__ = ["compose", "train", "merge", "UserError"]

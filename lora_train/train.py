@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lora_train import artifacts, card, checkpoints, distributed, guards, plan
+from lora_train import artifacts, card, checkpoints, distributed, guards, plan, sweep
 from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.errors import UserError, reported
@@ -286,8 +286,9 @@ def _metrics(job, trainer, result, final_eval, report, train_ds, p, runtime) -> 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @reported
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> float | None:
+    # Under -m each job gets its own run_name, and returns its eval loss for sweepers such as Optuna to minimise.
+    return sweep.finish_job(run(sweep.job_config(cfg)))
 
 
 if __name__ == "__main__":

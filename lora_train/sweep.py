@@ -1,0 +1,154 @@
+"""Hydra multirun for `lora-train -m`: one adapter folder per job, and a summary table when the sweep ends.
+
+    lora-train -m lora.r=8,16 train.learning_rate=1e-4,2e-5          # 4 runs, then multirun/<time>/summary.md
+    lora-train -m sweep=optuna                                        # Optuna minimises the eval loss
+    lora-train -m launcher=slurm experiment=gpt4all_j_lora_6b lora.r=8,16   # one Slurm job per run
+
+Hydra's sweepers and launchers do the work; this module only
+- names each job's adapter `<run_name>-<job number>-<its overrides>` (the default run_name's timestamp is the
+  sweep's: SweepSummary resolves it once and Hydra copies resolved values into every job, so one sweep's adapters
+  sort together),
+- leaves a small record in the job's folder under `hydra.sweep.dir`, which is readable from any launcher
+  (in-process, joblib workers or Slurm nodes), and
+- turns those records and each adapter's metrics.json into `summary.md` and `summary.csv` (SweepSummary).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+RECORD = "lora_train_job.json"
+METRICS = ["train_loss", "eval_loss", "eval_perplexity", "global_step", "runtime_s", "trained_tokens_per_s"]
+# Overrides that say how a sweep runs, not what a run is: they stay out of folder names and settings columns.
+NOT_SETTINGS = {"run_name", "adapters_dir", "overwrite", "sweep", "launcher"}
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def settings(overrides: list[str]) -> dict[str, str]:
+    """`['lora.r=8', '+x=1']` -> `{'lora.r': '8', 'x': '1'}`, without the keys that are not settings."""
+    pairs = (o.split("=", 1) for o in overrides if "=" in o)
+    out = {k.lstrip("+~"): v for k, v in pairs}
+    return {k: v for k, v in out.items() if k not in NOT_SETTINGS}
+
+
+def folder_suffix(num: int, overrides: list[str]) -> str:
+    """A folder-safe name for one job: its number (unique in the sweep) and its settings (readable)."""
+    text = ",".join(f"{k}={v}" for k, v in settings(overrides).items())
+    text = re.sub(r"[^A-Za-z0-9._+=,-]", "_", text)
+    if len(text) > 120:  # file names stop at 255 bytes; keep the start readable and the whole unique
+        text = text[:110] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f"{num}-{text}" if text else str(num)
+
+
+def job_config(cfg: DictConfig) -> DictConfig:
+    """Outside a multirun, `cfg` unchanged; inside one, `cfg` with this job's own run_name."""
+    if in_multirun():
+        hc = HydraConfig.get()
+        cfg.run_name = f"{cfg.run_name}-{folder_suffix(hc.job.num, list(hc.overrides.task))}"
+    return cfg
+
+
+def finish_job(folder: Path | None) -> float | None:
+    """The value a sweeper optimises (eval loss, or train loss without a validation split); in a multirun, also
+    record where this job's adapter went, for the summary."""
+    if folder is None or not (folder / "metrics.json").is_file():
+        return None  # dry_run, or a rank other than 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    objective = metrics.get("eval_loss", metrics.get("train_loss"))
+    if in_multirun():
+        hc = HydraConfig.get()
+        record = {"num": hc.job.num, "overrides": list(hc.overrides.task), "adapter": str(folder),
+                  "objective": objective}
+        (Path(hc.runtime.output_dir) / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return objective
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished job: its settings, then its metrics."""
+    rows = []
+    for path in sweep_dir.rglob(RECORD):
+        record = json.loads(path.read_text())
+        metrics_file = Path(record["adapter"]) / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        rows.append({"job": record["num"], **settings(record["overrides"]),
+                     **{k: metrics.get(k) for k in METRICS}, "adapter": record["adapter"]})
+    return sorted(rows, key=lambda r: r["job"])
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    tail = [*METRICS, "adapter"]  # settings first, metrics and the folder last, whatever order jobs came in
+    return [c for c in cols if c not in tail] + tail
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return str(v)
+
+
+def markdown(rows: list[dict], cols: list[str]) -> str:
+    """The table a person reads: settings shared by every run are stated once above it, not repeated per row."""
+    shared = {c: rows[0].get(c) for c in cols if c not in METRICS and c not in ("job", "adapter")
+              and len(rows) > 1 and len({str(r.get(c)) for r in rows}) == 1}
+    cols = [c for c in cols if c not in shared]
+    lines = [f"settings of every run: {', '.join(f'{k}={v}' for k, v in shared.items())}", ""] if shared else []
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
+    scored = [r for r in rows if r.get("eval_loss") is not None]
+    if scored:
+        best = min(scored, key=lambda r: r["eval_loss"])
+        lines += ["", f"best eval loss: job {best['job']}, {best['eval_loss']:.4f}, {best['adapter']}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path) -> tuple[Path, Path] | None:
+    """summary.md and summary.csv in the sweep folder; None when no job finished."""
+    rows = collect(sweep_dir)
+    if not rows:
+        return None
+    cols = _columns(rows)
+    md = sweep_dir / "summary.md"
+    md.write_text(markdown(rows, cols))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    writer.writerows(rows)
+    (sweep_csv := sweep_dir / "summary.csv").write_text(buf.getvalue())
+    return md, sweep_csv
+
+
+class SweepSummary(Callback):
+    """Registered in conf/train.yaml (hydra.callbacks); Hydra calls it in the launching process after every job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Resolving run_name here caches its ${now:} in the sweep's config; Hydra copies that cache into every job's
+        # config, so all jobs of one sweep share one timestamp (whatever hydra.sweep.dir is set to).
+        str(config.run_name)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        written = write_summary(Path(str(config.hydra.sweep.dir)))
+        if written is None:
+            print("sweep finished: no job wrote an adapter (dry_run?)", flush=True)
+            return
+        md, csv_path = written
+        print(f"\nsweep summary ({md}, {csv_path}):\n\n{md.read_text()}", flush=True)

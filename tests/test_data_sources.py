@@ -143,3 +143,17 @@ def test_clean_takes_over_unusable_values_from_the_reader(tmp_path):
     assert plain.rows_skipped == 2
     _, cleaned = read_rows(DataConfig(source=str(f), filters=[FilterStep.clean], strict=True))
     assert cleaned.rows_skipped == 0 and cleaned.steps[0].rows_in == 3 and cleaned.steps[0].rows_out == 1
+
+
+def test_streaming_builds_the_same_datasets_on_disk(tokenizer):
+    from lora_train.data import build_datasets
+    from lora_train.schema import Curation
+
+    cfg = DataConfig(curation=Curation["v1.2-jazzy"], max_length=128)
+    train, val, report = build_datasets(cfg, tokenizer, seed=1)
+    s_train, s_val, s_report = build_datasets(DataConfig(**{**cfg.__dict__, "streaming": True}), tokenizer, seed=1)
+    assert s_train.cache_files and not train.cache_files  # streamed: written to disk, not held in memory
+    assert (len(s_train), len(s_val)) == (len(train), len(val))
+    assert sorted(map(tuple, s_train["input_ids"])) == sorted(map(tuple, train["input_ids"]))
+    assert [(s.rows_in, s.rows_out) for s in s_report.steps] == [(s.rows_in, s.rows_out) for s in report.steps]
+    assert s_report.rows_curated == report.rows_curated == 362

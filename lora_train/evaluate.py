@@ -46,7 +46,8 @@ def choose_base(job: EvalJob, infos: list) -> tuple:
                             "and/or model=<group> (e.g. model=gptj_6b) for a base alone")
         if not trained:
             raise UserError(f"adapter {infos[0].name!r} has no lora_train.yaml, so its base is unknown: "
-                            f"pass model.name_or_path=... (its PEFT config names {infos[0].base_name_or_path!r})")
+                            f"pass model=<group> model.name_or_path=<folder or Hub id> (its PEFT config names "
+                            f"{infos[0].base_name_or_path!r})")
         bases = {(i.job.model.name_or_path, i.job.model.revision) for i in trained}
         if len(bases) > 1:
             listed = "; ".join(f"{i.name}: {i.job.model.name_or_path}" for i in trained)

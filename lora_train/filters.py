@@ -128,10 +128,11 @@ def _dedup_step(cfg: DataConfig):
 
 
 def _max_length_step(cfg: DataConfig, lengths: Callable[[list[dict]], list[int]] | None):
-    if lengths is None:
-        raise UserError("the max_length curation step needs the model's tokenizer (it counts tokens)")
-
     def step(chunk: list[dict], report: StepReport) -> list[dict]:
+        if lengths is None:  # counting rows without a tokenizer (dry_run, lora-data tokens=false): not applied
+            if not report.examples:
+                report.examples.append("not applied: counting tokens needs the tokenizer")
+            return chunk
         kept = []
         for ex, n in zip(chunk, lengths(chunk)):
             if n <= cfg.max_length:

@@ -19,8 +19,12 @@ def check_writable(final: Path, overwrite: bool) -> None:
 
 
 def staging_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    except OSError as e:
+        raise UserError(f"{final.parent}: cannot create the adapter folder there ({e}); free disk space or fix "
+                        f"the folder's permissions") from e
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published folder gets ordinary permissions

@@ -51,6 +51,15 @@ def resume_command(job) -> str:
     return " ".join(["lora-train", *quoted, "resume=true", shlex.quote(f"run_name={job.run_name}")])
 
 
+def publish_failed(final: Path, work: Path, job, error: OSError) -> UserError:
+    """The error for an adapter folder that could not be written: what is intact and how to finish the run."""
+    last = checkpoints.latest(Path(work))
+    kept = f"{final} is unchanged" if Path(final).exists() else f"nothing was written to {final}"
+    return UserError(f"{final}: could not write the adapter ({error}); {kept}. Free disk space or fix the folder's "
+                     "permissions, then " + (f"finish from the last checkpoint with: {resume_command(job)}" if last
+                                             else "run again (set train.save_steps to keep checkpoints)"))
+
+
 def _sampler_of(dataloader):
     """The sampler that orders training examples, through the wrappers accelerate puts around it."""
     for obj in (getattr(dataloader, "batch_sampler", None), getattr(dataloader, "sampler", None)):

@@ -219,6 +219,8 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         if tb is not None:
             shutil.copytree(tb, staging / "tensorboard")
         artifacts.publish(staging, final, job.overwrite)
+    except OSError as e:  # disk full, no permission: the previous adapter and the checkpoints stay as they were
+        raise guards.publish_failed(final, work_dir, job, e) from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -124,7 +124,22 @@ def test_preempted_killed_and_resumed_run_matches_uninterrupted(tmp_path, refere
     with pytest.raises(UserError, match="interrupted run.*resume=true run_name=chain"):
         train(compose("train", args))
 
-    # 4. Resume to the end: the same adapter as the uninterrupted run.
+    # 4. Training ends but the adapter cannot be published (the folder it replaces cannot be moved aside): a clear
+    # error; the old folder and the last checkpoint stay as they were.
+    old = ad / "chain"
+    old.mkdir()
+    (old / "adapter_model.safetensors").write_bytes(b"old")
+    set_immutable(old, True)
+    try:
+        with pytest.raises(UserError, match=r"could not write the adapter .* is unchanged.*resume=true"):
+            train(compose("train", args + ["resume=true", "overwrite=true"]))
+    finally:
+        set_immutable(old, False)
+    assert (old / "adapter_model.safetensors").read_bytes() == b"old"
+    assert checkpoints.step_of(checkpoints.latest(work)) == 6
+    shutil.rmtree(old)
+
+    # 5. Resume once more: it publishes the last checkpoint, the same adapter as the uninterrupted run.
     final = train(compose("train", args + ["resume=true"]))
     assert max_diff(weights(final), reference) <= TOLERANCE
     assert not work.exists()  # the work folder goes once the adapter is published

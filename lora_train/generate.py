@@ -21,7 +21,7 @@ from lora_train import infer_schema  # noqa: F401  (registers generate_schema be
 from lora_train.errors import UserError, reported
 from lora_train.generation import GenParams, GenRequest, chat_prompt, format_prompt, generate
 from lora_train.infer_schema import GenerateJob
-from lora_train.registry import MultiAdapterModel
+from lora_train.registry import MultiAdapterModel, check_name
 
 HELP = "commands: /adapter NAME (switch), /reset (forget the conversation), /exit"
 
@@ -152,6 +152,8 @@ def run(cfg: DictConfig | GenerateJob) -> list[dict]:
     job = cfg if isinstance(cfg, GenerateJob) else OmegaConf.to_object(cfg)
     params = params_of(job)
     prompts = None if job.interactive else read_prompts(job)
+    for name in job.adapters:  # a bad name fails before the base loads
+        check_name(name)
     host = MultiAdapterModel.from_config(job)
     adapters = check_adapters(host, job.adapters)
     for name in adapters[: host.max_resident]:  # load (and check against the base) before printing anything

@@ -98,7 +98,11 @@ class MultiAdapterModel:
         self.adapters_dir = Path(adapters_dir) if adapters_dir is not None else None
         self.max_resident = max_resident
         self.allow_pickle = allow_pickle
+        # `lock` guards the model: held while a batch generates and while an adapter loads or unloads.
+        # `_meta` guards only the name tables, so listing adapters or resolving a name never waits for a batch
+        # (the server's event loop resolves names; it must not stall behind a long generation).
         self.lock = threading.RLock()
+        self._meta = threading.Lock()
         path = resolve_model(model_cfg)
         self.tokenizer = load_tokenizer(path, model_cfg)
         self.tokenizer.padding_side = "left"  # generation appends to the right end of every row
@@ -139,7 +143,7 @@ class MultiAdapterModel:
 
     def scan(self) -> list[str]:
         """Register every adapter folder under adapters_dir (new folders appear, loaded ones stay)."""
-        with self.lock:
+        with self._meta:
             if self.adapters_dir is not None:
                 for folder in list_adapter_folders(self.adapters_dir):
                     if NAME_RE.fullmatch(folder.name) and not self.is_base(folder.name):
@@ -152,7 +156,7 @@ class MultiAdapterModel:
         name = check_name(folder.resolve().name)
         if self.is_base(name):
             raise UserError(f"adapter folder {folder}: the name {name!r} is reserved for the base model; rename it")
-        with self.lock:
+        with self._meta:
             if name in self._known and self._known[name].resolve() != folder.resolve():
                 raise UserError(f"adapter name {name!r} is used by both {self._known[name]} and {folder}")
             read_adapter(folder, self.allow_pickle)  # fail now, not on first use
@@ -164,7 +168,7 @@ class MultiAdapterModel:
         check_name(name)
         if self.is_base(name):
             raise UserError(f"{name!r} names the base model, not an adapter")
-        with self.lock:
+        with self._meta:
             if name in self._known:
                 return self._known[name]
         if self.adapters_dir is None:
@@ -175,7 +179,7 @@ class MultiAdapterModel:
         bad = escapes(folder, self.adapters_dir)
         if bad is not None:
             raise UserError(f"adapter {name!r}: {bad.name} leads outside {self.adapters_dir} (symlink); refused")
-        with self.lock:
+        with self._meta:
             self._known[name] = folder
         return folder
 
@@ -183,7 +187,7 @@ class MultiAdapterModel:
         return self.scan()
 
     def resident(self) -> list[str]:
-        with self.lock:
+        with self._meta:
             return list(self._resident)
 
     # ---- loading -------------------------------------------------------------------------------------------
@@ -192,7 +196,8 @@ class MultiAdapterModel:
         """Make `name` resident (validated first), evicting the least recently used adapter beyond the limit."""
         with self.lock:
             if name in self._resident:
-                self._resident.move_to_end(name)
+                with self._meta:
+                    self._resident.move_to_end(name)
                 return self._resident[name]
             folder = self.folder_of(name)
             info = read_adapter(folder, self.allow_pickle)
@@ -206,8 +211,9 @@ class MultiAdapterModel:
                 self._unload(next(iter(self._resident)))
             self._loads += 1
             self._attach(f"adapter{self._loads}", folder)
-            self._peft_names[name] = f"adapter{self._loads}"
-            self._resident[name] = info
+            with self._meta:
+                self._peft_names[name] = f"adapter{self._loads}"
+                self._resident[name] = info
             log.info("adapter %r loaded from %s", name, folder)
             return info
 
@@ -240,7 +246,8 @@ class MultiAdapterModel:
             self.model.delete_adapter(self._peft_names[name])
             if self.model.active_adapter not in self.model.peft_config:  # PEFT leaves a deleted one active
                 self.model.set_adapter(next(iter(self.model.peft_config)), inference_mode=True)
-        del self._resident[name], self._peft_names[name]
+        with self._meta:
+            del self._resident[name], self._peft_names[name]
         log.info("adapter %r unloaded", name)
 
     @contextmanager
@@ -255,7 +262,8 @@ class MultiAdapterModel:
         with self.lock:
             for n in wanted:  # most recent first, so loading one cannot evict another of this batch
                 if n in self._resident:
-                    self._resident.move_to_end(n)
+                    with self._meta:
+                        self._resident.move_to_end(n)
             for n in wanted:
                 self.load(n)
             yield [PEFT_BASE if self.is_base(n) else self._peft_names[n] for n in names]

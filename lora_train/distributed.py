@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from lora_train import plan
 from lora_train.errors import UserError
@@ -61,14 +62,16 @@ def device_map(env=os.environ):
     return {"": int(env.get("LOCAL_RANK", 0))}
 
 
-def expected_mixed_precision(job: TrainJob) -> str:
-    """accelerate's name for the autocast the training config asks for (what the Trainer will be told)."""
+def expected_mixed_precision(job: TrainJob, compute: DType | None = None) -> str:
+    """accelerate's name for the autocast the training config asks for (what the Trainer will be told).
+    `compute`: the dtype matmuls run in; default: what this machine makes of quant.compute_dtype."""
     from lora_train.model import compute_dtype
 
-    return {DType.bfloat16: "bf16", DType.float16: "fp16"}.get(compute_dtype(job.quant), "no")
+    compute = compute or compute_dtype(job.quant)
+    return {DType.bfloat16: "bf16", DType.float16: "fp16"}.get(compute, "no")
 
 
-def check_launcher_env(job: TrainJob, world: int, env=os.environ) -> None:
+def check_launcher_env(job: TrainJob, world: int, env=os.environ, compute: DType | None = None) -> None:
     """Stop when an accelerate config disagrees with the training config, naming both sides.
 
     The training config is the single source of truth: global batch 256 must stay 256 whatever the launcher
@@ -86,11 +89,18 @@ def check_launcher_env(job: TrainJob, world: int, env=os.environ) -> None:
     # The Trainer's bf16/fp16 flags win over the launcher's setting, except when the config computes in float32:
     # then the launcher's value would switch autocast on behind the config's back.
     asked = env.get(_MIXED_PRECISION, "no")
-    want = expected_mixed_precision(job)
+    want = expected_mixed_precision(job, compute)
     if asked != "no" and want == "no":
         raise UserError(
             f"accelerate config mixed_precision={asked}, but quant.compute_dtype={job.quant.compute_dtype.value} "
             f"runs as float32 here; set mixed_precision: no in the accelerate config or change quant.compute_dtype")
+    four_bit = job.quant.mode.value in ("nf4", "fp4")
+    if four_bit and shards_weights(env) and job.model.dtype not in (DType.auto, job.quant.compute_dtype):
+        # FSDP / ZeRO-3 flatten 4-bit and ordinary weights together: both must have one dtype (quant_storage's).
+        raise UserError(
+            f"model.dtype={job.model.dtype.value} differs from quant.compute_dtype={job.quant.compute_dtype.value}; "
+            f"FSDP and ZeRO-3 shard the 4-bit weights (stored in the compute dtype) with the others, so use "
+            f"model.dtype=auto")
 
 
 def setup(job: TrainJob) -> TrainJob:
@@ -109,6 +119,14 @@ def setup(job: TrainJob) -> TrainJob:
         nodes = world // int(os.environ.get("LOCAL_WORLD_SIZE", world))
         print(f"processes:  {world} on {nodes} node(s), backend {state.backend} ({launcher()})", flush=True)
     return replace(job, run_name=agreed)
+
+
+def gathered_state(trainer):
+    """The full state dict for rank 0 to save, when FSDP or ZeRO-3 left each rank with shards; None otherwise
+    (PEFT then saves the weights it holds). Every rank must call this: gathering is a collective."""
+    if not shards_weights():
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
 
 def rank_zero_check(check, *args) -> None:
@@ -142,3 +160,15 @@ def log(msg: str) -> None:
     """Print once per job, not once per process."""
     if is_rank_zero():
         print(msg, file=sys.stdout, flush=True)
+
+
+def accelerate_config(name: str) -> Path:
+    """A shipped accelerate preset (conf/accelerate/<name>.yaml) for `accelerate launch --config_file`."""
+    import lora_train.conf
+
+    path = Path(lora_train.conf.__file__).parent / "accelerate" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise UserError(f"no accelerate preset {name!r}; shipped: {', '.join(known)}")
+    return path
+

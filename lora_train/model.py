@@ -77,7 +77,19 @@ def bnb_config(cfg: QuantConfig):
         bnb_4bit_quant_type=cfg.mode.value,
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=torch_dtype(compute_dtype(cfg)),
+        bnb_4bit_quant_storage=quant_storage(cfg),
     )
+
+
+def quant_storage(cfg: QuantConfig):
+    """quant.quant_storage as a torch dtype; auto follows the launcher (see lora_train.distributed)."""
+    import torch
+
+    from lora_train.distributed import shards_weights
+
+    if cfg.quant_storage != DType.auto:
+        return torch_dtype(cfg.quant_storage)
+    return torch_dtype(compute_dtype(cfg)) if shards_weights() else torch.uint8
 
 
 def peft_config(cfg: LoraConfig):

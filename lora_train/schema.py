@@ -82,6 +82,9 @@ class QuantConfig:
     mode: QuantMode = QuantMode.nf4
     double_quant: bool = True  # quantize the quantization constants too (QLoRA paper: ~0.4 bit/param saved)
     compute_dtype: DType = DType.bfloat16  # dtype the 4-bit weights are dequantized to for matmuls
+    # The dtype packed 4-bit weights are stored in. auto = bitsandbytes' uint8, except under FSDP or DeepSpeed ZeRO-3,
+    # which shard the 4-bit weights with the others and need them in the model's dtype (the compute dtype).
+    quant_storage: DType = DType.auto
 
 
 @dataclass

@@ -202,12 +202,13 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         result = trainer.train(resume_from_checkpoint=resume_from)
     final_eval = trainer.evaluate() if eval_ds is not None else {}
     runtime = time.time() - started
+    adapter_state = distributed.gathered_state(trainer)  # FSDP / ZeRO-3: every rank holds a shard; gather them
     if not trainer.is_world_process_zero():
         return final
     metrics = _metrics(job, trainer, result, final_eval, report, train_ds, p, runtime)
     staging = artifacts.staging_dir(final)
     try:
-        trainer.model.save_pretrained(staging)
+        trainer.model.save_pretrained(staging, state_dict=adapter_state)
         tokenizer.save_pretrained(staging)
         (staging / "lora_train.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
         artifacts.write_json(staging / BASE_FILE, {**base_summary(base.config), "name_or_path": job.model.name_or_path,

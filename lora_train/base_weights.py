@@ -167,30 +167,50 @@ def lora_updates(info: AdapterInfo, tensors: dict, ckpt: BaseCheckpoint) -> dict
 
 
 class Dequantizer:
-    """The quantization-rounded weights the adapter was trained against: the base loaded exactly as training loaded
-    it (lora_train.model.load_base), each bitsandbytes layer dequantized with bitsandbytes itself, one at a time."""
+    """The quantization-rounded weights the adapter was trained against, one tensor at a time.
 
-    def __init__(self, model):
-        import bitsandbytes as bnb
+    Loading the whole 4-bit base to read them back would hold the full checkpoint in memory while transformers
+    quantizes it; instead each weight transformers would quantize (every Linear but the ones its bitsandbytes
+    quantizer skips, such as lm_head) is cast to the dtype training loaded it in and put through bitsandbytes'
+    own quantize/dequantize with the training settings. tests/test_merge.py checks this is bit-identical to
+    dequantizing the layers of the base loaded as training loads it.
+    """
 
-        self.layers = {f"{n}.weight": m for n, m in model.named_modules()
-                       if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
-        self.model = model
+    def __init__(self, names: set[str], quant: QuantConfig, dtype):
+        self.names, self.quant, self.dtype = names, quant, dtype
 
     @classmethod
     def load(cls, ckpt: BaseCheckpoint, model_cfg: ModelConfig, quant: QuantConfig) -> "Dequantizer":
-        from lora_train.model import load_base
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.quantizers.base import get_keys_to_not_convert
 
-        return cls(load_base(str(ckpt.folder), model_cfg, quant))
+        from lora_train.model import compute_dtype, torch_dtype
+
+        with torch.device("meta"):  # module names and types only, no memory
+            skeleton = AutoModelForCausalLM.from_config(ckpt.config, trust_remote_code=model_cfg.trust_remote_code)
+        skip = set(get_keys_to_not_convert(skeleton))
+        names = {f"{n}.weight" for n, m in skeleton.named_modules()
+                 if isinstance(m, torch.nn.Linear) and not any(n == s or n.endswith(f".{s}") for s in skip)}
+        dtype = torch_dtype(model_cfg.dtype)
+        if dtype == "auto":
+            dtype = torch_dtype(compute_dtype(quant))  # as lora_train.model.load_base loads a quantized base
+        return cls(names, quant, dtype)
 
     def has(self, name: str) -> bool:
-        return name in self.layers
+        return name in self.names
 
-    def weight(self, name: str):
+    def weight(self, name: str, tensor):
         import bitsandbytes.functional as F
+        import torch
 
-        layer = self.layers.pop(name)
-        w = layer.weight
-        if hasattr(w, "quant_state"):
-            return F.dequantize_4bit(w.data, w.quant_state).cpu()
-        return F.int8_vectorwise_dequant(w.data, w.SCB).cpu()
+        from lora_train.schema import QuantMode
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # where training quantized it
+        if self.quant.mode == QuantMode.int8:  # bitsandbytes' Int8Params quantizes from float16
+            cb, scb, _ = F.int8_vectorwise_quant(tensor.to(device=device, dtype=torch.float16))
+            return F.int8_vectorwise_dequant(cb, scb).to(self.dtype).cpu()
+        w = tensor.to(device=device, dtype=self.dtype)
+        q, state = F.quantize_4bit(w, blocksize=64, compress_statistics=self.quant.double_quant,
+                                   quant_type=self.quant.mode.value, quant_storage=torch.uint8)
+        return F.dequantize_4bit(q, state).cpu()

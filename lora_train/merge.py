@@ -5,7 +5,7 @@
     lora-merge adapters=[adapters/a,adapters/b] combination=cat output=adapters/a_plus_b   (see combine.py)
 
 The base checkpoint is streamed tensor by tensor and the result written shard by shard, so merging needs about one
-output shard of memory (plus the 4-bit base when merging into the dequantized weights), never a full fp32 copy.
+output shard of memory, never a full copy of the model.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def merge_into_model(job: MergeJob) -> Path:
         with torch.no_grad():
             for name, tensor in ckpt.tensors():
                 if dequant is not None and dequant.has(name):
-                    tensor = dequant.weight(name)
+                    tensor = dequant.weight(name, tensor)
                 if name in updates:
                     tensor = updates.pop(name)(tensor.float())
                     merged += 1
@@ -113,7 +113,6 @@ def merge_into_model(job: MergeJob) -> Path:
         if updates:  # lora_updates checked the names against the checkpoint's header; this is a last guard
             raise UserError(f"adapter {info.name!r}: modules {sorted(updates)[:3]} were not found while merging")
         shards = writer.close()
-        del dequant
         ckpt.write_config(staging, out_dtype)
         _write_tokenizer(info, ckpt, staging)
         result = {"adapter": str(info.folder), "base": model_cfg.name_or_path, "revision": model_cfg.revision,

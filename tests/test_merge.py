@@ -179,3 +179,28 @@ def test_config_rejects_unknown_keys_and_bad_choices():
         compose("merge", ["combination=average"])
     with pytest.raises(ConfigCompositionException):
         compose("merge", ["merge.nonsense=1"])
+
+
+@pytest.mark.parametrize("mode", ["nf4", "fp4", "int8"])
+def test_dequantized_weights_are_bit_identical_to_the_training_base(mode):
+    """merge.base=dequantized rounds each weight itself (streaming); it must equal the base training loaded."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+
+    from lora_train.base_weights import BaseCheckpoint, Dequantizer
+    from lora_train.model import load_base, resolve_model
+    from lora_train.schema import ModelConfig, QuantConfig, QuantMode
+
+    model_cfg, quant = ModelConfig(), QuantConfig(mode=QuantMode(mode))
+    loaded = load_base(resolve_model(model_cfg), model_cfg, quant)
+    ckpt = BaseCheckpoint.open(model_cfg, allow_pickle=False)
+    stream = Dequantizer.load(ckpt, model_cfg, quant)
+    layers = {f"{n}.weight": m for n, m in loaded.named_modules()
+              if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+    assert set(layers) == stream.names and len(layers) == 24
+    tensors = dict(ckpt.tensors())
+    for name, layer in layers.items():
+        w = layer.weight
+        want = F.dequantize_4bit(w.data, w.quant_state) if mode != "int8" else \
+            F.int8_vectorwise_dequant(w.data, w.SCB).to(stream.dtype)
+        assert torch.equal(stream.weight(name, tensors[name]), want), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,10 @@ def test_every_shipped_config_composes_and_validates(group, option):
 
 def test_every_config_file_says_how_to_run_it():
     for path in CONF.rglob("*.yaml"):
-        text = path.read_text()
-        assert "lora-train" in text.split("\n\n")[0], f"{path} should start with the command that uses it"
+        lines = [x for x in path.read_text().splitlines() if x != "# @package _global_"]
+        first = lines[0]
+        assert re.match(r"# .*(lora-(train|data|merge|generate|serve|eval)|accelerate launch)", first), \
+            f"{path} should start with a comment giving the command that uses it"
 
 
 def test_gpt4all_j_recipe_has_the_model_card_numbers():

@@ -122,7 +122,8 @@ class Guard(TrainerCallback):
                 f"training stopped at optimizer step {self.nonfinite_steps[-1]}: non-finite (NaN or inf) loss or "
                 f"gradients at step(s) {steps}, more than train.max_nonfinite_steps={self.max_nonfinite} "
                 f"(those updates were not applied). Nothing was published; "
-                + (f"the last good checkpoint is {last}. " if last else "there is no checkpoint (set train.save_steps). ")
+                + (f"the last good checkpoint is {last}. " if last
+                   else "there is no checkpoint (set train.save_steps). ")
                 + "Lower train.learning_rate or check the data"
                 + (f", then resume with: {resume_command(self.job)}" if last else "")
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 from hydra.errors import HydraException
@@ -28,7 +27,8 @@ KEYS = ["train.learning_rate", "train.epochs", "train.max_steps", "train.per_dev
         "model.name_or_path", "data.max_length", "data.val_fraction", "data.max_prompt_fraction", "data.source",
         "data.format", "data.max_rows", "seed", "run_name", "resume", "overwrite", "train.no_such_key", "nope"]
 SCALARS = st.one_of(
-    st.integers(-2, 2), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True).map(repr), st.booleans(),
+    st.integers(-2, 2), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.booleans(),
     st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=12), st.just("null"),
     st.sampled_from(["[]", "[a,b]", "{}", "{a: 1}", "nf4", "''", "1e999", "-1", "0"]),
 )

@@ -109,9 +109,11 @@ def test_preempted_killed_and_resumed_run_matches_uninterrupted(tmp_path, refere
     assert not (ad / "chain").exists() and not list(ad.glob(".chain.staging-*"))
 
     # 3. SIGKILL the moment the next checkpoint folder appears, i.e. most likely while it is being written.
+    def newer():
+        return [p for p in work.glob("checkpoint-*") if checkpoints.step_of(p) > checkpoints.step_of(preempted)]
+
     log = tmp_path / "3.log"
     proc = start(args + ["resume=true"], log, tmp_path)
-    newer = lambda: [p for p in work.glob("checkpoint-*") if checkpoints.step_of(p) > checkpoints.step_of(preempted)]  # noqa: E731
     wait_for(lambda: bool(newer()), proc, log)
     proc.kill()
     proc.wait(timeout=60)

@@ -130,10 +130,13 @@ def load_base(path: str, model_cfg: ModelConfig, quant_cfg: QuantConfig, device_
     dtype = torch_dtype(model_cfg.dtype)
     if dtype == "auto" and quant is not None:
         dtype = torch_dtype(compute_dtype(quant_cfg))  # non-quantized layers (embeddings, norms) in compute dtype
+    from lora_train.memory import freed_memory_returned
+
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code,
-            quantization_config=quant, dtype=dtype, device_map=device_map,
-        )
+        with freed_memory_returned():  # a 4-bit load's freed full-precision temporaries go back to the system
+            return AutoModelForCausalLM.from_pretrained(
+                path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code,
+                quantization_config=quant, dtype=dtype, device_map=device_map,
+            )
     except (OSError, ValueError) as e:
         raise UserError(f"model.name_or_path={model_cfg.name_or_path!r}: could not load the model: {e}") from e

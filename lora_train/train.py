@@ -164,9 +164,9 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     from transformers import set_seed
     from trl import SFTTrainer
 
-    set_seed(job.seed)
     from lora_train.packing import collator_for
 
+    set_seed(job.seed)
     started = time.time()
     tokenizer = load_tokenizer(model_path, job.model)
     train_ds, eval_ds, report = build_datasets(job.data, tokenizer, job.seed)
@@ -182,10 +182,10 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         args=sft_config(job, work_dir, accumulation, eval_ds is not None),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
+        data_collator=collator_for(base, tokenizer, job.data.max_length) if job.train.packing else None,
         processing_class=tokenizer,
         peft_config=peft_config(job.lora),
         callbacks=[guard],
-        data_collator=collator_for(base, tokenizer, job.data.max_length) if job.train.packing else None,
     )
     # TRL stores a quantized model's LoRA weights in bf16. At the recipe's lr of 2e-5, an Adam update is smaller
     # than bf16's resolution of typical LoRA-A values, so updates would round away: keep float32 master weights
@@ -242,6 +242,12 @@ def _dry_run(job: TrainJob, p: plan.Plan, model_path: str) -> None:
         p.train_rows = len(rows) - int(round(len(rows) * job.data.val_fraction))
         p.optimizer_steps = plan.optimizer_steps(job, p.train_rows, p.global_batch)
     print("dry run: nothing will be trained\n" + "\n".join(p.lines(job)), flush=True)
+    try:  # the memory / FLOPs estimate (lora_train/estimate.py): arithmetic on the config, nothing loaded
+        from lora_train.estimate import estimate_for
+
+        print("\n".join(estimate_for(model_path, job).lines()), flush=True)
+    except Exception as e:  # e.g. a Hub model's config while offline
+        print(f"(estimate unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
     return None
 
 

@@ -22,12 +22,12 @@ def recipe():
 
 
 def launch_env(config_file: Path) -> tuple[object, dict]:
-    """What `accelerate launch --config_file <file> -m lora_train.train` exports to every process, computed by
+    """What `accelerate launch --config_file <file> lora-train` exports to every process, computed by
     accelerate's own launch code (nothing is started)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    args = launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "lora_train.train"])
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), "lora-train"])
     args, _, _ = _validate_launch_command(args)
     if args.use_deepspeed:
         # launch_command fills this in before building the environment (the accelerate config's DeepSpeed keys).

@@ -105,7 +105,7 @@ def compare(info: AdapterInfo, base_folder: Path, model_cfg: ModelConfig, quant:
         diff = (a - b).abs()
         max_diff, sum_diff, elements = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), elements + diff.numel()
         a, b = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
-        kl = (a.exp() * (a - b)).sum(-1)
+        kl = (a.exp() * (a - b)).sum(-1).clamp_min(0)  # KL >= 0; float rounding can dip below by ~1e-9
         max_kl, sum_kl = max(max_kl, float(kl.max())), sum_kl + float(kl.sum())
         agree += int((a.argmax(-1) == b.argmax(-1)).sum())
         positions += a.shape[0]

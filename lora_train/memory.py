@@ -5,7 +5,8 @@ full-precision temporaries (each weight read, cast and quantized while loading a
 instead of going back to the system, and the process's resident memory climbs towards the whole model in full
 precision although at most a few matrices are alive at a time (measured on a 304M GPT-J: 522 MiB of anonymous
 memory for a 153 MiB NF4 model; 199 MiB with this). While loading, blocks of 64 KiB and more are mapped and
-unmapped directly; afterwards the threshold is fixed at glibc's own maximum, where the dynamic one would end anyway.
+unmapped directly; afterwards the threshold is fixed at glibc's own maximum, where the dynamic one would end anyway
+(or at MALLOC_MMAP_THRESHOLD_ when the environment sets it).
 No effect off glibc.
 """
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from contextlib import contextmanager
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
-DURING, AFTER = 64 * 1024, 32 * 1024 * 1024
+DURING = 64 * 1024
+AFTER = int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 32 * 1024 * 1024))  # a user's own setting is kept
 
 
 def _libc():

@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lora_train import artifacts, card, checkpoints, distributed, guards, plan, sweep
+from lora_train import artifacts, card, checkpoints, distributed, plan, sweep
 from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.errors import UserError, reported
@@ -164,6 +164,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     from transformers import set_seed
     from trl import SFTTrainer
 
+    from lora_train import guards  # imports transformers: only once there is training to do
     from lora_train.packing import collator_for
 
     set_seed(job.seed)

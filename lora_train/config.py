@@ -7,12 +7,17 @@ from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-import lora_train.schema  # noqa: F401  (registers the schemas the configs name)
-import lora_train.infer_schema  # noqa: F401  (registers generate_schema and serve_schema)
+# Each command's schema module registers the schema its primary config names, so compose() works for every command.
+import lora_train.curate_schema  # noqa: F401  (lora-data)
+import lora_train.eval_schema  # noqa: F401  (lora-eval)
+import lora_train.infer_schema  # noqa: F401  (lora-generate, lora-serve)
+import lora_train.merge_schema  # noqa: F401  (lora-merge)
+import lora_train.schema  # noqa: F401  (lora-train)
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    """The composed config of one command (`train`, ...), with command-line style overrides applied."""
+    """The composed config of one command (`train`, `curate`, `merge`, `generate`, `serve`, `eval`), with
+    command-line style overrides applied."""
     GlobalHydra.instance().clear()
     with initialize_config_module("lora_train.conf", version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))

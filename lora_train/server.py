@@ -273,7 +273,11 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
 
 def run(cfg: DictConfig | ServeJob) -> None:
     """Load the base and adapters, then serve until interrupted."""
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise UserError(f"lora-serve needs the server extra ({e.name} is missing): pip install 'lora-train[serve]'") from e
 
     job = cfg if isinstance(cfg, ServeJob) else OmegaConf.to_object(cfg)
     if not 0 < job.port < 65536:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from lora_train import infer_schema  # noqa: F401  (registers serve_schema before Hydra composes)
 from lora_train.batching import Batcher, Closed, QueueFull, Ticket
 from lora_train.errors import UserError, reported
-from lora_train.generation import GenRequest, chat_prompt, format_prompt
+from lora_train.generation import GenRequest, chat_prompt
 from lora_train.infer_schema import ServeJob
 from lora_train.registry import MultiAdapterModel, UnknownAdapter, check_name
 

@@ -7,14 +7,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -24,6 +21,7 @@ from lora_train import artifacts, card, checkpoints, distributed, plan, sweep
 from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.errors import UserError, reported
+from lora_train.metrics import run_metrics
 from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, resolve_model
 from lora_train.schema import DType, TrainJob
 
@@ -160,7 +158,6 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         return _dry_run(job, p, model_path)
     resume_from = checkpoints.prepare(job)  # None, or the complete checkpoint to continue
 
-    import torch
     from transformers import set_seed
     from trl import SFTTrainer
 
@@ -206,7 +203,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     adapter_state = distributed.gathered_state(trainer)  # FSDP / ZeRO-3: every rank holds a shard; gather them
     if not trainer.is_world_process_zero():
         return final
-    metrics = _metrics(job, trainer, result, final_eval, report, train_ds, p, runtime)
+    metrics = run_metrics(job, trainer, result, final_eval, report, train_ds, p, runtime)
     staging = artifacts.staging_dir(final)
     try:
         trainer.model.save_pretrained(staging, state_dict=adapter_state)
@@ -250,48 +247,6 @@ def _dry_run(job: TrainJob, p: plan.Plan, model_path: str) -> None:
     except Exception as e:  # e.g. a Hub model's config while offline
         print(f"(estimate unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
     return None
-
-
-def _metrics(job, trainer, result, final_eval, report, train_ds, p, runtime) -> dict:
-    import resource
-
-    import torch
-
-    history = trainer.state.log_history
-    steps = trainer.state.global_step
-    # Tokens seen: the dataset's tokens times the fraction of an epoch the optimizer steps covered.
-    epochs_done = steps * p.global_batch / max(1, len(train_ds))
-    input_tokens = sum(len(x) for x in train_ds["input_ids"]) * epochs_done
-    trained_tokens = sum(sum(1 for v in x if v != -100) for x in train_ds["labels"]) * epochs_done
-    train_time = result.metrics.get("train_runtime", runtime)
-    if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    train_losses = [h["loss"] for h in history if "loss" in h]
-    m = {
-        "run_name": job.run_name,
-        "train_loss": train_losses[-1] if train_losses else result.training_loss,
-        "train_loss_mean": result.training_loss,
-        "global_step": steps,
-        "epochs": epochs_done,
-        "runtime_s": round(runtime, 2),
-        "train_runtime_s": round(train_time, 2),
-        "input_tokens_per_s": round(input_tokens / train_time, 1),
-        "trained_tokens_per_s": round(trained_tokens / train_time, 1),
-        "peak_memory_mib": round(peak, 1),
-        "peak_memory_kind": "cuda_allocated" if torch.cuda.is_available() else "process_rss",
-        "world_size": p.world,
-        "global_batch_size": p.global_batch,
-        "trainable_params": p.trainable_params,
-        "data": asdict(report),
-        "history": history,
-        "config": OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True),
-    }
-    if "eval_loss" in final_eval:
-        m["eval_loss"] = final_eval["eval_loss"]
-        m["eval_perplexity"] = math.exp(min(final_eval["eval_loss"], 50))
-    return json.loads(json.dumps(m, default=str))
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -18,11 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import lora_train.curate_schema  # noqa: F401  (registers the schema conf/curate.yaml names)
 from lora_train.curate_schema import CurateJob
 from lora_train.data import DataReport, check_data, iter_examples
+from lora_train.config import typed
 from lora_train.errors import UserError, reported
 
 FORMATS = (".jsonl", ".parquet")
@@ -146,7 +147,7 @@ def _summary(result: dict) -> str:
 
 def run(cfg: DictConfig | CurateJob) -> dict:
     """Curate (and export) per the config; returns the report as a dict."""
-    job = cfg if isinstance(cfg, CurateJob) else OmegaConf.to_object(cfg)
+    job = typed(cfg, CurateJob)
     out, report_path, hist_path = _paths(job)
     check_data(job.data)
     tok = None

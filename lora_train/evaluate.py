@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_train import eval_report, harness, perplexity, samples
 from lora_train.adapters import check_against_config, check_against_model, read_adapter
+from lora_train.config import typed
 from lora_train.errors import UserError, reported
 from lora_train.eval_schema import EvalJob
 from lora_train.model import compute_dtype, load_base, load_tokenizer, resolve_model
@@ -33,7 +34,7 @@ LIBRARIES = ["lora-train", "lm-eval", "torch", "transformers", "peft", "datasets
 
 
 def to_job(cfg: DictConfig | EvalJob) -> EvalJob:
-    return cfg if isinstance(cfg, EvalJob) else OmegaConf.to_object(cfg)
+    return typed(cfg, EvalJob)
 
 
 def choose_base(job: EvalJob, infos: list) -> tuple:

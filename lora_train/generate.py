@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lora_train import infer_schema  # noqa: F401  (registers generate_schema before Hydra composes)
+from lora_train.config import typed
 from lora_train.errors import UserError, reported
 from lora_train.generation import GenParams, GenRequest, chat_prompt, format_prompt, generate
 from lora_train.infer_schema import GenerateJob
@@ -149,7 +150,7 @@ def chat(host, adapter: str, params: GenParams, read=input) -> list[dict]:
 
 def run(cfg: DictConfig | GenerateJob) -> list[dict]:
     """Generate and print; returns one record per (prompt, adapter): prompt, adapter, completion, finish_reason."""
-    job = cfg if isinstance(cfg, GenerateJob) else OmegaConf.to_object(cfg)
+    job = typed(cfg, GenerateJob)
     params = params_of(job)
     prompts = None if job.interactive else read_prompts(job)
     for name in job.adapters:  # a bad name fails before the base loads

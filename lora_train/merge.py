@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lora_train import artifacts, merge_card, merge_schema  # noqa: F401  (merge_schema registers the schema)
 from lora_train.adapters import AdapterInfo, check_against_config, read_adapter
 from lora_train.base_weights import BaseCheckpoint, Dequantizer, adapter_tensors, lora_updates
+from lora_train.config import typed
 from lora_train.errors import UserError, reported
 from lora_train.merge_schema import MergeBase, MergeJob
 from lora_train.model import torch_dtype
@@ -30,7 +31,7 @@ REPORT = "merge_report.json"
 
 
 def to_job(cfg: DictConfig | MergeJob) -> MergeJob:
-    return cfg if isinstance(cfg, MergeJob) else OmegaConf.to_object(cfg)
+    return typed(cfg, MergeJob)
 
 
 def run(cfg: DictConfig | MergeJob) -> Path:

@@ -17,10 +17,11 @@ import os
 import time
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lora_train import infer_schema  # noqa: F401  (registers serve_schema before Hydra composes)
 from lora_train.batching import Batcher, Closed, QueueFull, Ticket
+from lora_train.config import typed
 from lora_train.errors import UserError, reported
 from lora_train.generation import GenRequest, chat_prompt
 from lora_train.infer_schema import ServeJob
@@ -279,7 +280,7 @@ def run(cfg: DictConfig | ServeJob) -> None:
     except ImportError as e:
         raise UserError(f"lora-serve needs the server extra ({e.name} is missing): pip install 'lora-train[serve]'") from e
 
-    job = cfg if isinstance(cfg, ServeJob) else OmegaConf.to_object(cfg)
+    job = typed(cfg, ServeJob)
     if not 0 < job.port < 65536:
         raise UserError(f"port={job.port} is out of range")
     api_key = job.api_key or os.environ.get(API_KEY_ENV) or None

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lora_train import artifacts, card, checkpoints, distributed, plan, sweep
 from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
+from lora_train.config import typed
 from lora_train.errors import UserError, reported
 from lora_train.metrics import run_metrics
 from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, resolve_model
@@ -27,7 +28,7 @@ from lora_train.schema import DType, TrainJob
 
 
 def to_job(cfg: DictConfig | TrainJob) -> TrainJob:
-    return cfg if isinstance(cfg, TrainJob) else OmegaConf.to_object(cfg)
+    return typed(cfg, TrainJob)
 
 
 def check_job(job: TrainJob) -> None:

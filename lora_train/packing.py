@@ -1,5 +1,9 @@
-"""Packed batches (train.packing=true): a batch's examples share rows of up to data.max_length tokens, so a batch is
-not mostly padding, while every example still sees only itself.
+"""Packed batches (train.packing=true, the default): a batch's examples share rows, so a batch is not mostly padding,
+while every example still sees only itself.
+
+Two layouts. Where the model dispatches attention through transformers' AttentionInterface (GPT-J and most models in
+transformers 5), segments.py lays the batch out as one padding-free row with per-example attention: the cheapest.
+Otherwise, this module's rows of up to data.max_length tokens with a block-diagonal mask:
 
 Isolation comes from the attention mask, not from position ids: for GPT-J in transformers 5, position ids that
 restart per example do NOT stop attention across examples (measured: the second example's logits moved by 0.3),
@@ -9,13 +13,13 @@ example is masked, as it is unpacked (nothing predicts a sequence's first token)
 equals the loss of the same examples padded (tests/test_data_packing.py proves both).
 
 The batch keeps its examples (the optimizer sees the same examples per step as without packing); only their layout
-changes. Needs sdpa or eager attention: FlashAttention ignores 4D masks. One side effect: TRL's logged `num_tokens`
+changes. The mask layout needs sdpa or eager attention (FlashAttention ignores 4D masks, but every FlashAttention
+model in transformers 5 takes the padding-free layout instead). One side effect: TRL's logged `num_tokens`
 sums the attention mask, which is T x T per row here, so it overstates tokens; metrics.json counts real tokens.
 """
 
 from __future__ import annotations
 
-from lora_train.errors import UserError
 
 
 def layout(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -81,10 +85,23 @@ class PackedCollator:
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": mask}
 
 
-def collator_for(model, tokenizer, max_length: int) -> PackedCollator:
-    """The packing collator for this model's attention implementation."""
+def collator_for(model, tokenizer, max_length: int):
+    """The packing collator for this model: one padding-free row with per-example attention where the model's
+    attention can take it (lora_train/segments.py), else rows of up to max_length with a block-diagonal mask."""
+    from lora_train.segments import SegmentCollator, use_segment_attention
+
+    if use_segment_attention(model):
+        return SegmentCollator()
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    if "flash" in impl:
-        raise UserError(f"train.packing=true needs sdpa or eager attention (a 4D attention mask); the model uses "
-                        f"{impl!r}, which ignores such masks. Turn packing off or load the model with sdpa.")
     return PackedCollator(tokenizer.pad_token_id, max_length, additive_mask=impl == "eager")
+
+
+def layout_name(collator, job) -> str:
+    """The plan line's words for how a micro-batch is laid out."""
+    from lora_train.segments import SegmentCollator
+
+    if isinstance(collator, SegmentCollator):
+        return "packed without padding, per-example attention"
+    if isinstance(collator, PackedCollator):
+        return f"packed into rows of {job.data.max_length} with a block-diagonal mask"
+    return "padded" + (", grouped by length" if job.train.group_by_length else "")

@@ -41,6 +41,7 @@ class Plan:
     optimizer_steps: int | None = None
     total_params: int | None = None
     trainable_params: int | None = None
+    layout: str | None = None  # how a micro-batch's examples are laid out (known once the collator is chosen)
 
     def lines(self, job: TrainJob) -> list[str]:
         from lora_train.model import compute_dtype
@@ -63,7 +64,8 @@ class Plan:
             f"data:       {job.data.source} (revision {job.data.revision or 'default'}), "
             f"{fmt(self.train_rows)} training rows, max length {job.data.max_length}",
             f"batch:      {self.global_batch} per optimizer step = {t.per_device_batch_size} per device x "
-            f"{self.world} process(es) x {self.accumulation} accumulation",
+            f"{self.world} process(es) x {self.accumulation} accumulation"
+            + (f"; {self.layout}" if self.layout else ""),
             f"schedule:   {fmt(self.optimizer_steps)} optimizer steps, lr {t.learning_rate} {t.lr_scheduler}, "
             f"{t.warmup_steps} warmup",
             f"output:     {os.path.join(job.adapters_dir, job.run_name)}",

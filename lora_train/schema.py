@@ -147,8 +147,10 @@ class TrainConfig:
     # Optimizer steps with NaN/inf loss or gradients that are skipped (not applied) before training stops; 0 = stop at
     # the first one. The last good checkpoint is kept either way.
     max_nonfinite_steps: int = 0
-    packing: bool = False
-    group_by_length: bool = True  # batch examples of similar length together: less padding
+    # A batch's examples laid out without padding, each attending only to itself (lora_train/packing.py): same
+    # examples per step and same loss as padded batches, without computing on pad tokens.
+    packing: bool = True
+    group_by_length: bool = True  # unpacked batches only: batch examples of similar length together, less padding
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     # Extra trl.SFTConfig arguments passed through unchanged (anything not covered above).
     sft_args: dict[str, Any] = field(default_factory=dict)

@@ -105,7 +105,8 @@ def sft_config(job: TrainJob, work_dir: Path, accumulation: int, has_eval: bool)
         packing=False,
         # The data module already tokenized, masked and truncated every example (prompt capped at half the length).
         dataset_kwargs={"skip_prepare_dataset": True},
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # Packed batches have no padding to save: random order, as the recipe intends.
+        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         **mixed_precision(job),
     )
     overlap = set(args) & set(t.sft_args)
@@ -163,7 +164,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     from trl import SFTTrainer
 
     from lora_train import guards  # imports transformers: only once there is training to do
-    from lora_train.packing import collator_for
+    from lora_train.packing import collator_for, layout_name
 
     set_seed(job.seed)
     started = time.time()
@@ -176,12 +177,14 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
 
     work_dir = checkpoints.work_dir(job)
     guard = guards.Guard(job, work_dir)
+    collator = collator_for(base, tokenizer, job.data.max_length) if job.train.packing else None
+    p.layout = layout_name(collator, job)
     trainer = SFTTrainer(
         model=base,
         args=sft_config(job, work_dir, accumulation, eval_ds is not None),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=collator_for(base, tokenizer, job.data.max_length) if job.train.packing else None,
+        data_collator=collator,
         processing_class=tokenizer,
         peft_config=peft_config(job.lora),
         callbacks=[guard],

@@ -1,5 +1,6 @@
 """Packing isolates examples: a packed batch's loss equals the same examples run unpacked, and no example's logits
-move when others share its row (sdpa and eager attention, and the 4-bit base the trainer uses)."""
+move when others share its row. Both layouts (padding-free segments, mask rows), sdpa and eager attention, and the
+4-bit base the trainer uses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from lora_train.errors import UserError
 from lora_train.model import load_base, load_tokenizer, resolve_model
 from lora_train.packing import PackedCollator, collator_for, layout
+from lora_train.segments import ATTENTION, SegmentCollator
 from lora_train.schema import ModelConfig, QuantConfig, QuantMode
 from lora_train.train import check_eos_trained
 
@@ -33,8 +35,10 @@ def test_layout_fills_rows_without_overflow():
     assert all(sum([50, 40, 30, 20, 10, 70][i] for i in r) <= 100 for r in rows) and len(rows) == 3
 
 
-@pytest.mark.parametrize("attn,quant", [("sdpa", "none"), ("eager", "none"), ("sdpa", "nf4")])
-def test_packed_loss_and_logits_equal_unpacked(tokenizer, attn, quant):
+@pytest.mark.parametrize("layout_,attn,quant", [("segments", "sdpa", "none"), ("segments", "eager", "none"),
+                                                ("segments", "sdpa", "nf4"), ("rows", "sdpa", "none"),
+                                                ("rows", "eager", "none"), ("rows", "sdpa", "nf4")])
+def test_packed_loss_and_logits_equal_unpacked(tokenizer, layout_, attn, quant):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(ModelConfig())
@@ -44,12 +48,18 @@ def test_packed_loss_and_logits_equal_unpacked(tokenizer, attn, quant):
         model = load_base(path, ModelConfig(), QuantConfig(mode=QuantMode.nf4, compute_dtype="float32"))
     model.eval()
     feats = examples(tokenizer.eos_token_id)
-    collator = collator_for(model, tokenizer, max_length=128)
-    assert collator.additive == (attn == "eager")
+    if layout_ == "segments":  # what the trainer picks for GPT-J
+        collator = collator_for(model, tokenizer, max_length=128)
+        assert isinstance(collator, SegmentCollator) and model.config._attn_implementation == ATTENTION
+    else:
+        collator = PackedCollator(tokenizer.pad_token_id, 128, additive_mask=attn == "eager")
     batch = collator(feats)
     assert batch["input_ids"].shape[0] < len(feats)  # really packed: fewer rows than examples
+    if layout_ == "segments":
+        assert batch["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in feats))  # not one pad token
     with torch.no_grad():
         packed = model(**batch)
+        model.set_attn_implementation(attn)  # the reference: each example alone, with the model's own attention
         total, count, alone = 0.0, 0, []
         for f in feats:
             out = model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]]))
@@ -93,12 +103,28 @@ def test_eos_preflight_works_with_the_packing_collator(tokenizer):
         check_eos_trained(MasksPadById(tokenizer.eos_token_id, 128), ds, tokenizer.eos_token_id)
 
 
-def test_flash_attention_is_refused(tokenizer):
+def test_segment_attention_refuses_padded_batches():
+    """Without example boundaries it cannot tell pad tokens from real ones: it must fail, not attend to pads."""
+    from lora_train.segments import segment_attention
+
+    q = torch.zeros(2, 4, 8, 16)
+    with pytest.raises(RuntimeError, match="padding-free"):
+        segment_attention(None, q, q, q, None)
+
+
+def test_flash_attention_models_take_the_padding_free_layout_as_they_are(tokenizer):
     class Cfg:
-        _attn_implementation = "flash_attention_2"
+        _attn_implementation = "flash_attention_2"  # reads cu_seq_lens_q natively
 
     class M:
         config = Cfg()
 
-    with pytest.raises(UserError, match="sdpa or eager"):
-        collator_for(M(), tokenizer, 128)
+    assert isinstance(collator_for(M(), tokenizer, 128), SegmentCollator)
+    assert M.config._attn_implementation == "flash_attention_2"
+
+
+def test_eos_preflight_works_with_the_segment_collator(tokenizer):
+    from datasets import Dataset
+
+    ds = Dataset.from_list(examples(tokenizer.eos_token_id))
+    check_eos_trained(SegmentCollator(), ds, tokenizer.eos_token_id)

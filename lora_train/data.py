@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from lora_train import data_cache
 from lora_train.errors import UserError
 from lora_train.examples import Tokenizer, check_template
 from lora_train.filters import StepReport, build_steps, chain, run_steps
@@ -45,6 +46,11 @@ class DataReport:
     train_rows: int = 0
     val_rows: int = 0
     max_shown: int = MAX_SHOWN  # how many offending positions the lists above keep
+    cache: str | None = None  # the data cache entry the examples came from or went to (data_cache.py)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataReport":
+        return cls(**{**d, "steps": [StepReport(**s) for s in d["steps"]]})
 
     def skip(self, where: str, reason: str, strict: bool) -> None:
         if strict:
@@ -143,19 +149,37 @@ def _streamed_dataset(cfg: DataConfig, tok: Tokenizer, report: DataReport):
         raise
 
 
+def _split(ds, n_val: int, seed: int):
+    """(train, val): the split Dataset.train_test_split(test_size=n_val, seed=seed) makes, with its index mappings
+    kept in memory: a cached dataset's folder is shared between runs and must not collect index files (datasets
+    refuses keep_in_memory for a dataset on disk)."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(ds))
+    return ds.select(order[n_val:], keep_in_memory=True), ds.select(order[:n_val], keep_in_memory=True)
+
+
 def build_datasets(cfg: DataConfig, tokenizer, seed: int):
     """(train Dataset, eval Dataset or None, DataReport)."""
     from datasets import Dataset
 
     tok = Tokenizer(tokenizer, cfg)
-    report = DataReport(source=cfg.source, revision=cfg.revision)
-    if cfg.streaming:
+    key = data_cache.key(cfg, tokenizer)
+    cached = data_cache.load(key)
+    if cached is not None:
+        ds, report = cached[0], DataReport.from_dict(cached[1])
+        report.cache = f"reused {data_cache.folder(key)}"
+    elif cfg.streaming:
+        report = DataReport(source=cfg.source, revision=cfg.revision)
         ds = _streamed_dataset(cfg, tok, report)
         if report.rows_curated == 0:
             raise _no_rows(cfg, report)
     else:
         rows, report = read_rows(cfg, tok.lengths)
         ds = Dataset.from_list(tok(rows, report))
+    if cached is None and key is not None and len(ds):
+        data_cache.store(key, ds, report)
+        report.cache = f"stored {data_cache.folder(key)}"
     if len(ds) == 0:
         raise UserError(f"data.source={cfg.source!r}: every example lost all its response tokens; "
                         f"raise data.max_length (now {cfg.max_length})")
@@ -163,8 +187,7 @@ def build_datasets(cfg: DataConfig, tokenizer, seed: int):
     if cfg.val_fraction > 0 and len(ds) > 1:
         n_val = min(max(1, n_val), len(ds) - 1)
     if n_val:
-        parts = ds.train_test_split(test_size=n_val, seed=seed, shuffle=True)
-        train, val = parts["train"], parts["test"]
+        train, val = _split(ds, n_val, seed)
     else:
         train, val = ds, None
     report.train_rows, report.val_rows = len(train), (len(val) if val is not None else 0)

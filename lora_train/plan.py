@@ -42,6 +42,7 @@ class Plan:
     total_params: int | None = None
     trainable_params: int | None = None
     layout: str | None = None  # how a micro-batch's examples are laid out (known once the collator is chosen)
+    data_cache: str | None = None  # "reused <entry>" / "stored <entry>": the tokenized examples' cache entry
 
     def lines(self, job: TrainJob) -> list[str]:
         from lora_train.model import compute_dtype
@@ -62,7 +63,8 @@ class Plan:
             f"targets={','.join(job.lora.target_modules)}",
             f"parameters: {fmt(self.total_params)} total, {fmt(self.trainable_params)} trainable{pct}",
             f"data:       {job.data.source} (revision {job.data.revision or 'default'}), "
-            f"{fmt(self.train_rows)} training rows, max length {job.data.max_length}",
+            f"{fmt(self.train_rows)} training rows, max length {job.data.max_length}"
+            + (f"; tokenized examples {self.data_cache}" if self.data_cache else ""),
             f"batch:      {self.global_batch} per optimizer step = {t.per_device_batch_size} per device x "
             f"{self.world} process(es) x {self.accumulation} accumulation"
             + (f"; {self.layout}" if self.layout else ""),

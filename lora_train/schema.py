@@ -123,6 +123,8 @@ class DataConfig:
     max_prompt_fraction: float = 0.5
     strict: bool = False  # a malformed row is an error instead of a counted skip
     max_rows: Optional[int] = None  # read at most this many rows (quick experiments)
+    # Reuse the tokenized examples of an earlier run on the same data, config and tokenizer (lora_train/data_cache.py).
+    cache: bool = True
 
 
 @dataclass

@@ -50,7 +50,8 @@ def use_segment_attention(model) -> bool:
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     if "flash" in impl or impl == ATTENTION:
         return True
-    if not model._can_set_attn_implementation():
+    can_set = getattr(model, "_can_set_attn_implementation", None)  # transformers' own test for AttentionInterface use
+    if can_set is None or not can_set():
         return False
     from transformers import AttentionInterface
 

@@ -170,7 +170,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     started = time.time()
     tokenizer = load_tokenizer(model_path, job.model)
     train_ds, eval_ds, report = build_datasets(job.data, tokenizer, job.seed)
-    p.train_rows = len(train_ds)
+    p.train_rows, p.data_cache = len(train_ds), report.cache
     p.optimizer_steps = plan.optimizer_steps(job, len(train_ds), p.global_batch)
     device_map = distributed.device_map()
     base = load_base(model_path, job.model, job.quant, device_map=device_map)

@@ -149,7 +149,7 @@ def test_streaming_builds_the_same_datasets_on_disk(tokenizer):
     from lora_train.data import build_datasets
     from lora_train.schema import Curation
 
-    cfg = DataConfig(curation=Curation["v1.2-jazzy"], max_length=128)
+    cfg = DataConfig(curation=Curation["v1.2-jazzy"], max_length=128, cache=False)  # both really built
     train, val, report = build_datasets(cfg, tokenizer, seed=1)
     s_train, s_val, s_report = build_datasets(DataConfig(**{**cfg.__dict__, "streaming": True}), tokenizer, seed=1)
     assert s_train.cache_files and not train.cache_files  # streamed: written to disk, not held in memory

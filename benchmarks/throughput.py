@@ -1,7 +1,7 @@
 """Training throughput, side by side: the original pad-to-max approach, TRL SFTTrainer defaults, lora-train.
 
-    python benchmarks/throughput.py --model tiny --examples 128 --max-length 512
-    python benchmarks/throughput.py --model 100m --examples 64 --max-length 512
+    python benchmarks/throughput.py --model tiny --examples 32 --max-length 1024
+    python benchmarks/throughput.py --model 100m --examples 32 --max-length 1024 --eval-examples 16
 
 Every contender trains one epoch on the same examples (same order seed, learning rate, batch, 4-bit NF4 base and
 LoRA r=8 on q_proj/v_proj), each in its own process so that its peak memory is its own. Then one shared function
@@ -15,7 +15,8 @@ Contenders:
               packing, no length grouping, transformers Trainer (its EOS-masking bug is not reproduced)
   trl         trl.SFTTrainer with SFTConfig's defaults (gradient checkpointing on, no packing, no padding-free,
               random order), given prompt/completion rows; precision set to the hardware's compute dtype
-  lora-train  lora_train.train.run() as shipped (train=cpu_demo settings, the data as a JSONL file)
+  lora-train  lora_train.train.run() as shipped (train=cpu_demo settings: packed without padding, gradient
+              checkpointing off; the data as a JSONL file)
 
 The data: GPT4All-J-style rows assembled from the bundled sample so that lengths spread like real instruction data
 (log-normal, median a quarter of the max length); the harness prints the length distribution.

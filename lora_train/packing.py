@@ -97,11 +97,13 @@ def collator_for(model, tokenizer, max_length: int):
 
 
 def layout_name(collator, job) -> str:
-    """The plan line's words for how a micro-batch is laid out."""
+    """The plan line's words for how a micro-batch is laid out (collator None: not chosen yet, or padded)."""
     from lora_train.segments import SegmentCollator
 
     if isinstance(collator, SegmentCollator):
         return "packed without padding, per-example attention"
     if isinstance(collator, PackedCollator):
         return f"packed into rows of {job.data.max_length} with a block-diagonal mask"
+    if job.train.packing:
+        return "packed (the layout is chosen once the model is loaded)"
     return "padded" + (", grouped by length" if job.train.group_by_length else "")

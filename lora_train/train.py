@@ -24,6 +24,7 @@ from lora_train.config import typed
 from lora_train.errors import UserError, reported
 from lora_train.metrics import run_metrics
 from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, resolve_model
+from lora_train.packing import collator_for, layout_name
 from lora_train.schema import DType, TrainJob
 
 
@@ -157,6 +158,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     p = plan.Plan(world=world, accumulation=accumulation,
                   global_batch=job.train.per_device_batch_size * world * accumulation)
     if job.dry_run:
+        p.layout = layout_name(None, job)
         return _dry_run(job, p, model_path)
     resume_from = checkpoints.prepare(job)  # None, or the complete checkpoint to continue
 
@@ -164,7 +166,6 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     from trl import SFTTrainer
 
     from lora_train import guards  # imports transformers: only once there is training to do
-    from lora_train.packing import collator_for, layout_name
 
     set_seed(job.seed)
     started = time.time()

@@ -175,3 +175,17 @@ def test_broken_adapter_folders_are_named_in_the_error(trained_adapter, tmp_path
     (bad / "adapter_model.safetensors").unlink()
     with pytest.raises(UserError, match="no adapter_model.safetensors"):
         read_adapter(bad)
+
+
+def test_packed_and_padded_batches_train_the_same_adapter(tmp_path, capsys):
+    """Packing (the default) changes the layout, not the learning: same losses step by step, same eval loss."""
+    common = ["lora.dropout=0", "train.group_by_length=false"]  # same function and same example order both ways
+    runs = {}
+    for name, packing in [("packed", "true"), ("padded", "false")]:
+        folder = train(compose("train", quick(tmp_path, f"run_name={name}", f"train.packing={packing}", *common)))
+        runs[name] = json.loads((folder / "metrics.json").read_text())
+    out = capsys.readouterr().out
+    assert "packed without padding, per-example attention" in out and "; padded\n" in out
+    losses = {k: [h["loss"] for h in m["history"] if "loss" in h] for k, m in runs.items()}
+    assert len(losses["packed"]) == 4 and losses["packed"] == pytest.approx(losses["padded"], abs=1e-3)
+    assert runs["packed"]["eval_loss"] == pytest.approx(runs["padded"]["eval_loss"], abs=1e-3)

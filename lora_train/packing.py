@@ -21,7 +21,6 @@ sums the attention mask, which is T x T per row here, so it overstates tokens; m
 from __future__ import annotations
 
 
-
 def layout(lengths: list[int], capacity: int) -> list[list[int]]:
     """Rows of example indices, first-fit decreasing: each row's total length is at most `capacity` (an example
     longer than capacity gets a row of its own)."""

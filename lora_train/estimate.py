@@ -174,12 +174,26 @@ def estimate(shape: Shape, job: TrainJob, compute: DType, seq_len: int | None = 
     )
 
 
-def estimate_for(model_path: str, job: TrainJob) -> Estimate:
-    """Read the model's config (a local folder or the Hub), count its parameters on the meta device, estimate."""
-    from transformers import AutoConfig
+# Hub models whose shape a dry run knows without the Hub: transformers' GPTJConfig defaults are GPT-J-6B's
+# (tests/test_estimate.py checks the parameter count against the published one).
+OFFLINE_SHAPES = {"EleutherAI/gpt-j-6b": "gptj"}
 
+
+def model_config(model_path: str, job: TrainJob):
+    """The model's config (a local folder or the Hub); offline, the shape of a known Hub model."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path, revision=job.model.revision,
+                                          trust_remote_code=job.model.trust_remote_code)
+    except OSError:
+        if model_path not in OFFLINE_SHAPES:
+            raise
+        return CONFIG_MAPPING[OFFLINE_SHAPES[model_path]]()
+
+
+def estimate_for(model_path: str, job: TrainJob) -> Estimate:
+    """Read the model's config, estimate."""
     from lora_train.model import compute_dtype
 
-    config = AutoConfig.from_pretrained(model_path, revision=job.model.revision,
-                                        trust_remote_code=job.model.trust_remote_code)
-    return estimate(shape_of(config, job.lora), job, compute_dtype(job.quant))
+    return estimate(shape_of(model_config(model_path, job), job.lora), job, compute_dtype(job.quant))

@@ -85,12 +85,12 @@ def count_parameters(model_path: str, job: TrainJob) -> tuple[int, int]:
     import torch
     from accelerate import init_empty_weights
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
+    from lora_train.estimate import model_config
     from lora_train.model import peft_config
 
-    config = AutoConfig.from_pretrained(model_path, revision=job.model.revision,
-                                        trust_remote_code=job.model.trust_remote_code)
+    config = model_config(model_path, job)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=job.model.trust_remote_code,
                                                  dtype=torch.float32)

@@ -40,6 +40,16 @@ def test_gptj_6b_numbers_match_published_figures():
     assert e.hardware_flops_per_token > e.model_flops_per_token  # checkpointing recomputes the forward
 
 
+def test_the_recipe_dry_run_works_offline(capsys):
+    """The README's GPT-J-6B dry run without the Hub (the tests run offline): counts and estimate, from the shape."""
+    from lora_train import train
+
+    train(compose("train", ["experiment=gpt4all_j_lora_6b", "train.per_device_batch_size=1", "dry_run=true"]))
+    captured = capsys.readouterr()
+    assert "6,050,882,784 total, 3,670,016 trainable" in captured.out
+    assert "GFLOP per trained token" in captured.out and "unavailable" not in captured.err
+
+
 def test_dry_run_prints_the_estimate(capsys, model_cache):
     from lora_train.train import run
 

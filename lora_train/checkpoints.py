@@ -25,7 +25,8 @@ CONFIG = "lora_train.yaml"  # the resolved config of the run that wrote the chec
 _NAME = re.compile(r"checkpoint-(\d+)")
 # Keys that may differ between a run and its resumption without changing what is trained.
 _FREE_KEYS = {"resume", "overwrite", "dry_run", "run_name", "adapters_dir", "train.report_to", "train.logging_steps",
-              "train.eval_steps", "train.save_steps", "train.save_total_limit", "train.max_nonfinite_steps"}
+              "train.eval_steps", "train.save_steps", "train.save_total_limit", "train.max_nonfinite_steps",
+              "train.gradient_checkpointing", "data.cache"}  # memory/speed trade-offs: the same maths either way
 
 
 def work_dir(job) -> Path:

@@ -22,7 +22,7 @@ in `model_flops_per_token`, which is what MFU divides by.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lora_train.schema import DType, QuantMode, TrainJob
 
@@ -197,3 +197,37 @@ def estimate_for(model_path: str, job: TrainJob) -> Estimate:
     from lora_train.model import compute_dtype
 
     return estimate(shape_of(model_config(model_path, job), job.lora), job, compute_dtype(job.quant))
+
+
+AUTO_SHARE = 0.8  # share of the free memory that train.gradient_checkpointing=auto lets a run plan to use
+RUNTIME = 0.5 * GIB  # what the tensors do not count: CUDA context, or Python and libraries on a CPU
+
+
+def free_memory() -> tuple[float, str]:
+    """(bytes free, what) on the device this process trains on."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.mem_get_info()[0]), f"free on {torch.cuda.get_device_name()}"
+    return float(psutil.virtual_memory().available), "RAM available"
+
+
+def with_checkpointing(job: TrainJob, on: bool) -> TrainJob:
+    return replace(job, train=replace(job.train, gradient_checkpointing=on))
+
+
+def resolve_checkpointing(job: TrainJob, model_path: str, free: tuple[float, str] | None = None):
+    """(job with train.gradient_checkpointing a bool, the plan's line on the decision or None). `auto` turns it off
+    when the estimated peak without it fits in AUTO_SHARE of the free memory: the recompute is pure cost then."""
+    if job.train.gradient_checkpointing != "auto":
+        return job, None
+    try:
+        need = estimate_for(model_path, with_checkpointing(job, False)).total + RUNTIME
+    except Exception as e:  # no config to estimate from: the safe choice
+        return with_checkpointing(job, True), f"checkpoint: auto -> on (no estimate: {str(e).splitlines()[0]})"
+    have, what = free or free_memory()
+    on = need > AUTO_SHARE * have
+    return with_checkpointing(job, on), (
+        f"checkpoint: auto -> gradient checkpointing {'on' if on else 'off'}: peak without it ~{need / GIB:.2f} GiB, "
+        f"{have / GIB:.1f} GiB {what} ({AUTO_SHARE:.0%} usable)")

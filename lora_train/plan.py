@@ -43,6 +43,7 @@ class Plan:
     trainable_params: int | None = None
     layout: str | None = None  # how a micro-batch's examples are laid out (known once the collator is chosen)
     data_cache: str | None = None  # "reused <entry>" / "stored <entry>": the tokenized examples' cache entry
+    checkpointing: str | None = None  # how train.gradient_checkpointing=auto decided
 
     def lines(self, job: TrainJob) -> list[str]:
         from lora_train.model import compute_dtype
@@ -71,7 +72,7 @@ class Plan:
             f"schedule:   {fmt(self.optimizer_steps)} optimizer steps, lr {t.learning_rate} {t.lr_scheduler}, "
             f"{t.warmup_steps} warmup",
             f"output:     {os.path.join(job.adapters_dir, job.run_name)}",
-        ]
+        ] + ([self.checkpointing] if self.checkpointing else [])
 
 
 def optimizer_steps(job: TrainJob, train_rows: int, global_batch: int) -> int:

@@ -140,7 +140,9 @@ class TrainConfig:
     lr_scheduler: str = "cosine"  # any transformers scheduler name
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
+    # Recompute activations in backward to save memory (~1/3 more FLOPs per token): true, false, or auto: off when the
+    # estimated peak without it (lora_train/estimate.py) fits in 80% of the memory free on this device, else on.
+    gradient_checkpointing: Any = False
     optim: str = "adamw_torch"  # any transformers optimizer name, e.g. paged_adamw_8bit on a GPU
     logging_steps: int = 5
     eval_steps: Optional[int] = None  # None = evaluate once per epoch

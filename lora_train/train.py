@@ -22,6 +22,7 @@ from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.config import typed
 from lora_train.errors import UserError, reported
+from lora_train.estimate import resolve_checkpointing
 from lora_train.metrics import run_metrics
 from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, resolve_model
 from lora_train.packing import collator_for, layout_name
@@ -54,6 +55,8 @@ def check_job(job: TrainJob) -> None:
     ]:
         if not ok:
             raise UserError(f"{key}={value!r} is out of range")
+    if not (isinstance(t.gradient_checkpointing, bool) or t.gradient_checkpointing == "auto"):
+        raise UserError(f"train.gradient_checkpointing={t.gradient_checkpointing!r}: use true, false or auto")
 
 
 def mixed_precision(job: TrainJob) -> dict:
@@ -153,10 +156,11 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     distributed.rank_zero_check(artifacts.check_writable, final, job.overwrite)
     check_source(job.data)
     model_path = resolve_model(job.model)
+    job, checkpointing = resolve_checkpointing(job, model_path)  # auto -> on/off from the estimate and free memory
     world = plan.world_size()
     accumulation = plan.grad_accumulation(job, world)
     p = plan.Plan(world=world, accumulation=accumulation,
-                  global_batch=job.train.per_device_batch_size * world * accumulation)
+                  global_batch=job.train.per_device_batch_size * world * accumulation, checkpointing=checkpointing)
     if job.dry_run:
         p.layout = layout_name(None, job)
         return _dry_run(job, p, model_path)

@@ -125,3 +125,37 @@ def test_activation_memory_matches_a_measured_cpu_step(tmp_path, gc):
     e = estimate(shape_of(AutoConfig.from_pretrained(folder), j.lora), j, DType.float32)
     predicted = e.activations + e.head + e.dequant
     assert predicted == pytest.approx(measured, rel=0.25), (predicted / 2**20, measured / 2**20)
+
+
+def test_auto_checkpointing_follows_the_estimate_and_the_free_memory():
+    """auto: off when the run fits without it (the recompute is pure cost), on when it would not fit, on without an
+    estimate; the plan line says which and why."""
+    from lora_train.estimate import resolve_checkpointing
+
+    j = job("experiment=gpt4all_j_lora_6b", "train.per_device_batch_size=4")  # GPT-J-6B, 4 x 1024 tokens
+    assert j.train.gradient_checkpointing == "auto"
+    gpu80, gpu24 = (80 * GIB, "free on an 80 GB GPU"), (24 * GIB, "free on a 24 GB GPU")
+    big, line = resolve_checkpointing(j, "EleutherAI/gpt-j-6b", gpu80)
+    small, _ = resolve_checkpointing(j, "EleutherAI/gpt-j-6b", gpu24)
+    assert big.train.gradient_checkpointing is False and small.train.gradient_checkpointing is True
+    assert "auto -> gradient checkpointing off" in line and "80.0 GiB free on an 80 GB GPU" in line
+    unknown, line = resolve_checkpointing(j, "/no/such/model", gpu80)
+    assert unknown.train.gradient_checkpointing is True and "no estimate" in line
+    fixed = job("train.gradient_checkpointing=true")
+    assert resolve_checkpointing(fixed, "/no/such/model", gpu80) == (fixed, None)
+
+
+@pytest.mark.parametrize("value", ["sometimes", "1"])
+def test_checkpointing_takes_true_false_or_auto(value, tmp_path):
+    from lora_train import UserError, train
+
+    with pytest.raises(UserError, match=f"train.gradient_checkpointing={value!r}|train.gradient_checkpointing=1"):
+        train(compose("train", [f"train.gradient_checkpointing={value}", f"adapters_dir={tmp_path}"]))
+
+
+def test_dry_run_shows_the_auto_decision(capsys):
+    from lora_train import train
+
+    train(compose("train", ["train.gradient_checkpointing=auto", "dry_run=true"]))  # the tiny model fits anywhere
+    out = capsys.readouterr().out
+    assert "checkpoint: auto -> gradient checkpointing off" in out and "RAM available" in out

@@ -2,6 +2,7 @@
 
     python benchmarks/packing_step.py                     # the 100M GPT-J shape, 8 examples of lengths 80-950
     python benchmarks/packing_step.py --model tiny
+    python benchmarks/packing_step.py --profile           # also: where the packed step's time goes, by operator
 
 Same 4-bit NF4 base, same LoRA weights (lora_B randomised so gradients are non-trivial, dropout off so both runs
 see the same function), same examples; reports the step time of each layout, the ratio, the two losses and the
@@ -22,6 +23,7 @@ LENGTHS = [950, 300, 120, 500, 80, 260, 700, 200]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["tiny", "100m"], default="100m")
+    ap.add_argument("--profile", action="store_true", help="profile one more packed step and print the top operators")
     args = ap.parse_args()
 
     import torch
@@ -74,6 +76,18 @@ def main() -> None:
     print(f"| padded to the longest, sdpa with mask | {t_pad:.2f} | {real / t_pad:.0f} | {loss_pad:.6f} |")
     print(f"| packed without padding, per-example attention | {t_seg:.2f} | {real / t_seg:.0f} | {loss_seg:.6f} |")
     print(f"\nspeed-up {t_pad / t_seg:.2f}x; LoRA gradients differ by {rel:.1e} (relative norm)")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(packed)
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in ops)
+        print("\n| operator (packed step) | share of CPU time |\n|---|---|")
+        for e in ops[:8]:
+            print(f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f}% |")
+        dq = sum(e.self_cpu_time_total for e in ops if "dequantize" in e.key)
+        print(f"| (all bitsandbytes dequantization) | {100 * dq / total:.1f}% |")
 
 
 if __name__ == "__main__":

@@ -35,10 +35,12 @@ def segment_attention(module, query, key, value, attention_mask, scaling=None, d
     else:
         bounds = bounds.tolist()
     gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
+    # split, not slicing: the backward of a slice writes a zero tensor of the whole row per example; split's backward
+    # is one concatenation.
+    sizes = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     parts = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                       dropout_p=dropout, scale=scaling, **gqa)
-        for s, e in zip(bounds[:-1], bounds[1:]) if e > s
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling, **gqa)
+        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)) if q.shape[2]
     ]
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
     return out.transpose(1, 2).contiguous(), None

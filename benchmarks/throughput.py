@@ -316,8 +316,8 @@ def main() -> None:
             results.append(r)
             print(f"  {name:<11} done in {r['wall_s']:.0f} s", flush=True)
     base = {r["contender"]: r for r in results}
-    print(f"\n| contender | useful tok/s | epoch s | CPU s (tok per CPU s) | peak RSS MiB | eval loss | MFU vs fp32 peak | MFU vs bf16 peak "
-          f"| speed vs original | speed vs trl |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| contender | useful tok/s | epoch s | CPU s (tok per CPU s) | peak RSS MiB | eval loss | MFU vs fp32 peak | "
+          "MFU vs bf16 peak | speed vs original | speed vs trl |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         vs = lambda k: f"{r['useful_tokens_per_s'] / base[k]['useful_tokens_per_s']:.2f}x" if k in base else "-"  # noqa
         print(f"| {r['contender']} | {r['useful_tokens_per_s']:.0f} | {r['train_s']:.1f} | {r['cpu_s']:.1f} "

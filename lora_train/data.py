@@ -177,9 +177,9 @@ def build_datasets(cfg: DataConfig, tokenizer, seed: int):
     else:
         rows, report = read_rows(cfg, tok.lengths)
         ds = Dataset.from_list(tok(rows, report))
-    if cached is None and key is not None and len(ds):
-        data_cache.store(key, ds, report)
-        report.cache = f"stored {data_cache.folder(key)}"
+    stored = data_cache.store(key, ds, report) if cached is None and len(ds) else None
+    if stored is not None:
+        report.cache = f"stored {stored}"
     if len(ds) == 0:
         raise UserError(f"data.source={cfg.source!r}: every example lost all its response tokens; "
                         f"raise data.max_length (now {cfg.max_length})")

@@ -5,8 +5,8 @@ and tokenization, which for the GPT4All-J data is most of the start-up: MinHash 
 
 The key covers everything that decides the examples: the data config (less the keys that act after tokenization:
 name, val_fraction, streaming), the source's identity (path and content hash of every local file: reading is a
-second per GB, and modification times are too coarse to notice a quick rewrite; a Hub id with its pinned revision), the tokenizer's saved files, and the versions of this format and of `tokenizers`.
-A Hub source without `data.revision` is not cached: the Hub may change under the same name.
+second per GB, and modification times are too coarse to notice a quick rewrite; a Hub id with its pinned revision),
+the tokenizer's saved files, and the versions of this format and of `tokenizers`. A Hub source without `data.revision` is not cached: the Hub may change under the same name.
 
 Entries live in <cache root>/data/<key>/ (the cache root of tiny.py: $LORA_TRAIN_CACHE, else ~/.cache/lora_train).
 Each is written to a temporary folder and renamed into place, so a crash or a concurrent writer never leaves a half
@@ -84,10 +84,11 @@ def load(k: str | None):
         return None  # damaged entry: rebuilt and replaced by store()
 
 
-def store(k: str | None, dataset, report) -> None:
-    """Save the examples and their report under `k`; a failure to write only costs the next run the rebuild."""
+def store(k: str | None, dataset, report) -> Path | None:
+    """Save the examples and their report under `k`; returns the entry, or None when nothing was stored (a failure
+    to write only costs the next run the rebuild)."""
     if k is None:
-        return
+        return None
     final, tmp = folder(k), None
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -100,3 +101,5 @@ def store(k: str | None, dataset, report) -> None:
     except OSError:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        return final if (final / "report.json").is_file() else None
+    return final

@@ -22,7 +22,9 @@ in `model_flops_per_token`, which is what MFU divides by.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from lora_train.schema import DType, QuantMode, TrainJob
 
@@ -181,11 +183,16 @@ OFFLINE_SHAPES = {"EleutherAI/gpt-j-6b": "gptj"}
 
 def model_config(model_path: str, job: TrainJob):
     """The model's config (a local folder or the Hub); offline, the shape of a known Hub model."""
+    read = _config.__wrapped__ if os.path.isdir(model_path) else _config  # a local folder may be rebuilt: reread it
+    return read(model_path, job.model.revision, job.model.trust_remote_code)
+
+
+@lru_cache(maxsize=8)  # a dry run asks the Hub three times (auto checkpointing, parameter counts, estimate)
+def _config(model_path: str, revision: str | None, trust_remote_code: bool):
     from transformers import CONFIG_MAPPING, AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_path, revision=job.model.revision,
-                                          trust_remote_code=job.model.trust_remote_code)
+        return AutoConfig.from_pretrained(model_path, revision=revision, trust_remote_code=trust_remote_code)
     except OSError:
         if model_path not in OFFLINE_SHAPES:
             raise

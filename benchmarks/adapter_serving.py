@@ -26,10 +26,10 @@ import urllib.request
 from pathlib import Path
 
 from lora_train import compose, train
-from lora_train.generation import GenParams, GenRequest, format_prompt, generate
-from lora_train.infer_schema import ServeJob
-from lora_train.registry import MultiAdapterModel
-from lora_train.schema import QuantConfig, QuantMode
+from lora_train.inference.generation import GenParams, GenRequest, format_prompt, generate
+from lora_train.schemas.infer import ServeJob
+from lora_train.inference.registry import MultiAdapterModel
+from lora_train.schemas import QuantConfig, QuantMode
 
 NAMES = ["ad0", "ad1", "ad2", "ad3"]
 PROMPTS = ["Tell me a joke about cats", "What is the capital of France?", "Write a haiku about rain",

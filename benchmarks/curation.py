@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lora_train.data import read_rows
-from lora_train.dedup import NUM_PERM, Deduper, normalize
-from lora_train.schema import Curation, DataConfig, FilterStep
+from lora_train.data.build import read_rows
+from lora_train.data.dedup import NUM_PERM, Deduper, normalize
+from lora_train.schemas import Curation, DataConfig, FilterStep
 
 
 def generate(n: int, seed: int = 0) -> tuple[list[dict], set[int], set[int]]:
@@ -120,7 +120,7 @@ def main() -> None:
     for r in results:
         print(f"| {r['run']} | {r['rows']} | {r['seconds']} | {r['rows_per_s']} | {r.get('precision', '-')} | "
               f"{r.get('recall_near', '-')} | {r.get('recall_exact', '-')} |")
-    print(f"\ndedup on {len(texts)} rows: lora_train.dedup {ours:.0f} rows/s"
+    print(f"\ndedup on {len(texts)} rows: lora_train.data.dedup {ours:.0f} rows/s"
           + (f", datasketch MinHash+MinHashLSH {theirs:.0f} rows/s, ratio {ours / theirs:.1f}x" if theirs else
              " (datasketch not installed: no baseline)"))
 

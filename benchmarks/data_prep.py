@@ -5,7 +5,7 @@ a second run on the same data (the tokenized examples reused), in one process.
     python benchmarks/data_prep.py --rows 10000
 
 The rows come from benchmarks/curation.py's generator (planted duplicates, refusals, "AI language model" rows), so
-the first run pays for MinHash dedup as a real GPT4All-J run does. Timed: lora_train.data.build_datasets, what
+the first run pays for MinHash dedup as a real GPT4All-J run does. Timed: lora_train.data.build.build_datasets, what
 `lora-train` calls before loading the model.
 """
 
@@ -32,9 +32,9 @@ def main() -> None:
         os.environ["LORA_TRAIN_CACHE"] = os.environ.get("LORA_TRAIN_CACHE", tmp)
         from curation import generate
 
-        from lora_train.data import build_datasets
+        from lora_train.data.build import build_datasets
         from lora_train.model import load_tokenizer, resolve_model
-        from lora_train.schema import Curation, DataConfig, ModelConfig
+        from lora_train.schemas import Curation, DataConfig, ModelConfig
 
         rows, _, _ = generate(args.rows)
         path = Path(tmp) / "rows.jsonl"

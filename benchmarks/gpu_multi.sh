@@ -22,7 +22,7 @@ echo "processes per run: $NPROC"
 # A few bf16 steps on the tiny 4-bit GPT-J; global batch 8 x NPROC so every process count divides it.
 ARGS=(experiment=debug "adapters_dir=$OUT/adapters" quant.compute_dtype=bfloat16 train.per_device_batch_size=4
       "train.global_batch_size=$((8 * NPROC))" train.max_steps=6 train.eval_steps=3)
-preset() { python -c "from lora_train.distributed import accelerate_config; print(accelerate_config('$1'))"; }
+preset() { python -c "from lora_train.training.distributed import accelerate_config; print(accelerate_config('$1'))"; }
 status=0
 summary=()
 

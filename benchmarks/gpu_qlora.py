@@ -11,7 +11,7 @@ LoRA r=8/alpha=32/dropout=0.1 on q_proj,v_proj (the GPT4All-J LoRA 6B adapter), 
 checkpointing: the recipe of `lora-train experiment=gpt4all_j_lora_6b` with train.per_device_batch_size=1.
 
 Reports: tokens/s over the timed steps, peak memory (torch.cuda.max_memory_allocated, next to lora-train's
-estimate for the same setup), MFU = model FLOPs per token (lora_train.estimate, no recomputation counted) x tokens/s
+estimate for the same setup), MFU = model FLOPs per token (lora_train.training.estimate, no recomputation counted) x tokens/s
 over the device's bf16 matmul peak measured in the same run (and over the datasheet peak when --datasheet-tflops).
 """
 
@@ -90,8 +90,8 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import GPTJConfig
 
-    from lora_train.estimate import estimate, shape_of
-    from lora_train.schema import DType, TrainJob
+    from lora_train.training.estimate import estimate, shape_of
+    from lora_train.schemas import DType, TrainJob
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from lora_train import checkpoints
+from lora_train.training import checkpoints
 
 RUN = ["experiment=debug", "data.max_length=64", "data.val_fraction=0", "data.max_rows=24",
        "train.per_device_batch_size=4", "train.global_batch_size=8", "train.max_steps=6", "train.warmup_steps=2",

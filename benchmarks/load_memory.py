@@ -34,7 +34,7 @@ def child(mode: str, path: str) -> None:
     import transformers  # noqa: F401
 
     from lora_train.model import load_base
-    from lora_train.schema import DType, ModelConfig, QuantConfig, QuantMode
+    from lora_train.schemas import DType, ModelConfig, QuantConfig, QuantMode
 
     peak_anon, stop = [status("RssAnon")], threading.Event()
 

@@ -22,7 +22,7 @@ import resource, sys, time
 mode, adapter, out, *extra = sys.argv[1:]
 t = time.time()
 if mode == "imports":  # the floor: torch, transformers, peft and lora_train imported, nothing merged
-    import peft, transformers, lora_train.merge
+    import peft, transformers, lora_train.merging.merge
 elif mode == "peft":
     import torch
     from peft import PeftModel
@@ -45,7 +45,7 @@ def make_adapter(work: Path, layers: int, width: int) -> tuple[Path, int]:
     from transformers import AutoModelForCausalLM
 
     from lora_train.adapters import base_summary
-    from lora_train.schema import ModelConfig, TrainJob
+    from lora_train.schemas import ModelConfig, TrainJob
     from lora_train.tiny import TinySpec, build
 
     base = work / "base"

@@ -1,4 +1,4 @@
-"""One training step (forward + backward) of the same examples padded vs packed without padding (lora_train.segments).
+"""One training step (forward + backward) of the same examples padded vs packed without padding (lora_train.training.segments).
 
     python benchmarks/packing_step.py                     # the 100M GPT-J shape, 8 examples of lengths 80-950
     python benchmarks/packing_step.py --model tiny
@@ -30,7 +30,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from lora_train.segments import SegmentCollator, use_segment_attention
+    from lora_train.training.segments import SegmentCollator, use_segment_attention
     from lora_train.tiny import TinySpec, tiny_gptj_path
 
     spec = TinySpec(n_embd=768, n_layer=14, n_head=12, rotary_dim=32) if args.model == "100m" else TinySpec()

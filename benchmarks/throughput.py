@@ -15,7 +15,7 @@ Contenders:
               packing, no length grouping, transformers Trainer (its EOS-masking bug is not reproduced)
   trl         trl.SFTTrainer with SFTConfig's defaults (gradient checkpointing on, no packing, no padding-free,
               random order), given prompt/completion rows; precision set to the hardware's compute dtype
-  lora-train  lora_train.train.run() as shipped (train=cpu_demo settings: packed without padding, gradient
+  lora-train  lora_train.training.train.run() as shipped (train=cpu_demo settings: packed without padding, gradient
               checkpointing off; the data as a JSONL file)
 
 The data: GPT4All-J-style rows assembled from the bundled sample so that lengths spread like real instruction data
@@ -70,8 +70,8 @@ def make_rows(n: int, max_length: int, tokenizer, seed: int) -> list[dict]:
 def examples(rows, tokenizer, max_length):
     """lora-train's own tokenization (prompt + "\\n" + response + EOS, loss on the response): every contender
     trains on exactly these tokens."""
-    from lora_train.data import DataReport, tokenize
-    from lora_train.schema import DataConfig
+    from lora_train.data.build import DataReport, tokenize
+    from lora_train.schemas import DataConfig
 
     return tokenize(rows, tokenizer, DataConfig(max_length=max_length), DataReport(source="bench", revision=None))
 
@@ -81,7 +81,7 @@ def load_base(path: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from lora_train.model import compute_dtype
-    from lora_train.schema import QuantConfig
+    from lora_train.schemas import QuantConfig
 
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[compute_dtype(QuantConfig()).value]
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -192,7 +192,7 @@ def run_lora_train(path, train_ex, work, rows):
     from peft import PeftModel
 
     from lora_train import compose
-    from lora_train.train import run
+    from lora_train.training.train import run
 
     data = Path(work["dir"]) / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -270,7 +270,7 @@ def main() -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from lora_train.config import compose
-    from lora_train.estimate import shape_of
+    from lora_train.training.estimate import shape_of
     from lora_train.model import cpu_has_fast_bf16
     from lora_train.tiny import TinySpec, tiny_gptj_path
 

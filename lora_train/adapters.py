@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lora_train.errors import UserError
-from lora_train.schema import TrainJob
+from lora_train.schemas import TrainJob
 
 BASE_FILE = "base_model.json"  # written next to the adapter at training time: the base's shape
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")

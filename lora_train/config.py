@@ -9,12 +9,8 @@ from typing import TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-# Each command's schema module registers the schema its primary config names, so compose() works for every command.
-import lora_train.curate_schema  # noqa: F401  (lora-data)
-import lora_train.eval_schema  # noqa: F401  (lora-eval)
-import lora_train.infer_schema  # noqa: F401  (lora-generate, lora-serve)
-import lora_train.merge_schema  # noqa: F401  (lora-merge)
-import lora_train.schema  # noqa: F401  (lora-train)
+# Importing the schemas registers every command's schema, so compose() works for every command.
+import lora_train.schemas  # noqa: F401
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:

@@ -6,7 +6,11 @@ import os
 from pathlib import Path
 
 from lora_train.errors import UserError
-from lora_train.schema import TINY_GPTJ, DType, LoraConfig, ModelConfig, QuantConfig, QuantMode
+from lora_train.schemas import TINY_GPTJ, DType, LoraConfig, ModelConfig, QuantConfig, QuantMode
+
+# accelerate launch exports these (accelerate/utils/launch.py) under FSDP and DeepSpeed, which shard every weight.
+_DS_ZERO_STAGE = "ACCELERATE_DEEPSPEED_ZERO_STAGE"
+_USE_FSDP = "ACCELERATE_USE_FSDP"
 
 
 def torch_dtype(d: DType):
@@ -82,14 +86,27 @@ def bnb_config(cfg: QuantConfig):
 
 
 def quant_storage(cfg: QuantConfig):
-    """quant.quant_storage as a torch dtype; auto follows the launcher (see lora_train.distributed)."""
+    """quant.quant_storage as a torch dtype; auto follows the launcher (see shards_weights)."""
     import torch
-
-    from lora_train.distributed import shards_weights
 
     if cfg.quant_storage != DType.auto:
         return torch_dtype(cfg.quant_storage)
     return torch_dtype(compute_dtype(cfg)) if shards_weights() else torch.uint8
+
+
+def shards_weights(env=os.environ) -> bool:
+    """FSDP and ZeRO-3 split every weight across processes, quantized ones included (see model.quant_storage)."""
+    return env.get(_USE_FSDP, "").lower() == "true" or env.get(_DS_ZERO_STAGE) == "3"
+
+
+def device_map(env=os.environ):
+    """Where from_pretrained puts the base: each process's own GPU for data parallel; nothing for FSDP / ZeRO-3,
+    which place (and shard) the weights themselves and reject a device_map."""
+    import torch
+
+    if not torch.cuda.is_available() or shards_weights(env):
+        return None
+    return {"": int(env.get("LOCAL_RANK", 0))}
 
 
 def peft_config(cfg: LoraConfig):

@@ -40,7 +40,7 @@ def cache_root() -> Path:
 
 
 def sample_path() -> Path:
-    return Path(__file__).parent / "data_files" / "sample.jsonl"
+    return Path(__file__).parent / "data" / "files" / "sample.jsonl"
 
 
 def _corpus() -> list[str]:

@@ -1,4 +1,4 @@
-"""Generate the bundled sample dataset ``lora_train/data_files/sample.jsonl``.
+"""Generate the bundled sample dataset ``lora_train/data/files/sample.jsonl``.
 
 Each line is a JSON object with the keys ``prompt``, ``response`` and ``source``
 (the GPT4All-J schema). Most rows are hand-written; arithmetic and unit

@@ -14,6 +14,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+# .ci/run sets this: there, a test that would skip for want of an optional package or a browser fails instead, so CI
+# can never pass by skipping. On a developer's machine such tests skip with the reason printed.
+STRICT_SKIPS = os.environ.get("LORA_TRAIN_STRICT_SKIPS") == "1"
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip the calling test (fail it under LORA_TRAIN_STRICT_SKIPS=1) when something it needs is missing."""
+    if available:
+        return
+    if STRICT_SKIPS:
+        pytest.fail(f"required here (LORA_TRAIN_STRICT_SKIPS=1): {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_module(name: str, extra: str):
+    """The imported module, or a skip (a failure in CI) naming the extra that provides it."""
+    import importlib.util
+
+    need(importlib.util.find_spec(name) is not None, f"needs {name}: pip install -e '.[{extra}]'")
+    return __import__(name)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory):

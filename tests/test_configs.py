@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lora_train import compose
-from lora_train.schema import QuantMode, TrainJob
+from lora_train.schemas import QuantMode, TrainJob
 
 from conftest import run_cli
 

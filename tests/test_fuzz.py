@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lora_train import UserError, compose, train
-from lora_train.data import build_datasets
+from lora_train.data.build import build_datasets
 from lora_train.model import load_tokenizer, resolve_model
-from lora_train.schema import DataConfig, DataFormat, ModelConfig
+from lora_train.schemas import DataConfig, DataFormat, ModelConfig
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

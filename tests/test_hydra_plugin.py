@@ -16,7 +16,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from lora_train.model import bnb_config, peft_config
-from lora_train.schema import LoraConfig, ModelConfig, QuantConfig
+from lora_train.schemas import LoraConfig, ModelConfig, QuantConfig
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -1,0 +1,210 @@
+"""Sources: where rows come from, one at a time, each with the place it came from (file:line) for reports.
+
+`data.source` is the bundled sample, a local file (.jsonl, .json, .parquet, .csv), a glob of such files, a folder of
+them, or a Hub dataset id (with `data.revision` and `data.split`). Local files are read by our own small readers
+rather than `datasets.load_dataset`, because a skipped row must be reported as file:line and one bad line must not
+abort the whole file. Every reader is a generator, so nothing here holds more than one row (or one Parquet batch).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from lora_train.errors import UserError
+from lora_train.schemas import SAMPLE_DATA, DataConfig
+
+EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
+
+
+@dataclass
+class Bad:
+    """A row that could not be read (bad JSON, bad UTF-8, too large, not the format its extension says)."""
+
+    reason: str
+
+
+def resolve_source(source: str) -> str:
+    """The bundled sample's path, or the source unchanged."""
+    if source == SAMPLE_DATA:
+        return str(Path(__file__).parent / "files" / "sample.jsonl")
+    return source
+
+
+def _has_glob(source: str) -> bool:
+    return any(c in source for c in "*?[")
+
+
+def is_local(source: str) -> bool:
+    """A Hub id looks like `org/name`; a path with an extension, a glob, a leading ./ / ~ or that exists is local."""
+    return (
+        os.path.exists(os.path.expanduser(source))
+        or source.startswith((".", "/", "~"))
+        or _has_glob(source)
+        or Path(source).suffix.lower() in EXTENSIONS
+        or source.count("/") != 1
+    )
+
+
+def local_files(cfg: DataConfig) -> list[Path]:
+    """The files a local source names, sorted, so that file:line positions and row order are reproducible."""
+    source = os.path.expanduser(resolve_source(cfg.source))
+    if _has_glob(source):
+        files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        files = [f for f in files if f.suffix.lower() in EXTENSIONS]
+        if not files:
+            raise UserError(f"data.source={cfg.source!r}: the pattern matches no {'/'.join(EXTENSIONS)} file")
+        return files
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise UserError(f"data.source={cfg.source!r}: the folder holds no {'/'.join(EXTENSIONS)} file")
+        return files
+    if not path.is_file():
+        raise UserError(f"data.source={cfg.source!r}: no such file or folder ({path.resolve()})")
+    if path.suffix.lower() not in EXTENSIONS:
+        raise UserError(f"data.source={cfg.source!r}: unsupported file type {path.suffix or '(none)'!r}; "
+                        f"use {', '.join(EXTENSIONS)}")
+    return [path]
+
+
+def check_source(cfg: DataConfig) -> str:
+    """Fail fast, before any model loads, when a local data source does not exist; returns the resolved source."""
+    source = resolve_source(cfg.source)
+    if is_local(source):
+        local_files(cfg)
+    return source
+
+
+def _jsonl(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    with open(path, "rb") as f:
+        n = 0
+        while True:
+            raw = f.readline(limit + 1)  # bounded: an enormous line is never loaded whole
+            if not raw:
+                return
+            n += 1
+            where = f"{path}:{n}"
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):
+                    raw = f.readline(1 << 20)
+                yield where, Bad(f"row larger than data.max_row_bytes={limit}")
+                continue
+            if not raw.strip():
+                continue
+            yield where, _parse_json(raw)
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return Bad(f"not UTF-8 ({e.reason} at byte {e.start})")
+    except json.JSONDecodeError as e:
+        return Bad(f"malformed JSON ({e.msg} at column {e.colno})")
+
+
+def _json(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    """A JSON array of objects (positions are the line each object starts on); anything else is read as JSON lines,
+    which is what `datasets` also accepts under a .json name."""
+    data = path.read_bytes()
+    if not data.lstrip().startswith(b"["):
+        yield from _jsonl(path, limit)
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        yield f"{path}:{line}", Bad(f"not UTF-8 ({e.reason}); file skipped")
+        return
+    decoder = json.JSONDecoder()
+    pos, line, counted = text.index("[") + 1, 1, 0
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        line += text.count("\n", counted, pos)
+        counted = pos
+        if pos >= len(text) or text[pos] == "]":
+            return
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            yield f"{path}:{e.lineno}", Bad(f"malformed JSON ({e.msg} at column {e.colno}); rest of the file skipped")
+            return
+        yield f"{path}:{line}", item if end - pos <= limit else Bad(f"row larger than data.max_row_bytes={limit}")
+        pos = end
+
+
+def _parquet(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # not Parquet at all (e.g. a CSV renamed): one counted skip, not a crash
+        yield f"{path}:1", Bad(f"not a Parquet file ({str(e).splitlines()[0]}); file skipped")
+        return
+    n = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1  # Parquet has no lines: the position is the row number, counted from 1
+            yield f"{path}:{n}", row
+
+
+def _csv(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    csv.field_size_limit(max(limit, 1024))
+    # surrogateescape: a row with bytes that are not UTF-8 is reported and skipped, the rest of the file still reads
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        start = 2  # the line after the header
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield f"{path}:{start}", Bad(f"malformed CSV ({e})")
+                start = reader.line_num + 1
+                continue
+            where, start = f"{path}:{start}", reader.line_num + 1
+            if None in row:
+                yield where, Bad("more fields than the header has columns")
+            elif any("\udc80" <= c <= "\udcff" for v in row.values() if isinstance(v, str) for c in v):
+                yield where, Bad("not UTF-8")
+            else:
+                yield where, row
+
+
+READERS = {".jsonl": _jsonl, ".json": _json, ".parquet": _parquet, ".csv": _csv}
+
+
+def _hub(cfg: DataConfig) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.source, revision=cfg.revision, split=cfg.split, streaming=cfg.streaming)
+    except Exception as e:  # network, unknown id, revision or split: all user-fixable
+        raise UserError(f"data.source={cfg.source!r} (revision {cfg.revision!r}, split {cfg.split!r}): "
+                        f"could not load: {e}") from e
+    for n, row in enumerate(ds):
+        yield f"{cfg.source}@{cfg.revision or 'main'}[{n}]", row
+
+
+def iter_rows(cfg: DataConfig) -> Iterator[tuple[str, Any]]:
+    """(where, row or Bad) for every row of the source, in a reproducible order, at most data.max_rows of them."""
+    source = check_source(cfg)
+    if is_local(source):
+        items = (item for f in local_files(cfg) for item in READERS[f.suffix.lower()](f, cfg.max_row_bytes))
+    else:
+        items = _hub(cfg)
+    sample = resolve_source(SAMPLE_DATA) if cfg.source == SAMPLE_DATA else None
+    for n, (where, row) in enumerate(items):
+        if cfg.max_rows is not None and n >= cfg.max_rows:
+            return
+        # The bundled sample is named as the user named it, not by where the package happens to be installed.
+        yield (where.replace(sample, SAMPLE_DATA) if sample else where), row

@@ -1,0 +1,180 @@
+"""`lora-generate`: completions from one base and any number of adapters, side by side, streamed to the terminal.
+
+    lora-generate adapters=[my-run] prompt="Write a haiku about autumn"
+    lora-generate adapters=[run-a,run-b,base] prompt_file=prompts.txt stream=false output=out.jsonl
+    lora-generate adapters=[my-run] interactive=true
+
+Prompts are put in the GPT4All-J format (prompt + "\\n") unless format=raw. `base` (or the base model's name) in
+`adapters` means the base without any adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from lora_train.config import typed
+from lora_train.errors import UserError, reported
+from lora_train.inference.generation import GenParams, GenRequest, chat_prompt, format_prompt, generate
+from lora_train.schemas.infer import GenerateJob
+from lora_train.inference.registry import MultiAdapterModel, check_name
+
+HELP = "commands: /adapter NAME (switch), /reset (forget the conversation), /exit"
+
+
+def read_prompts(job: GenerateJob) -> list[str]:
+    if job.prompt is not None and job.prompt_file is not None:
+        raise UserError("give either prompt=... or prompt_file=..., not both")
+    if job.prompt is not None:
+        return [job.prompt]
+    if job.prompt_file is None:
+        raise UserError('nothing to complete: pass prompt="...", prompt_file=FILE or interactive=true')
+    path = Path(job.prompt_file)
+    if not path.is_file():
+        raise UserError(f"prompt_file={job.prompt_file!r}: no such file")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+                prompts.append(row["prompt"] if isinstance(row["prompt"], str) else None)
+            except (ValueError, KeyError, TypeError):
+                prompts.append(None)
+            if prompts[-1] is None:
+                raise UserError(f"{path}:{n}: expected a JSON object with a string field \"prompt\"")
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise UserError(f"prompt_file={job.prompt_file!r} holds no prompt")
+    return prompts
+
+
+def check_adapters(host: MultiAdapterModel, names: list[str]) -> list[str]:
+    if not names:
+        raise UserError(f"name the adapters to use: adapters=[NAME,...] (known: {host.names() or 'none'}; "
+                        f"'base' = the base model without adapter)")
+    for name in names:
+        if not host.is_base(name):
+            try:
+                host.folder_of(name)
+            except UserError as e:
+                raise UserError(f"adapters: {e} (known: {host.names() or 'none'})") from e
+    return list(names)
+
+
+def params_of(job: GenerateJob) -> GenParams:
+    s = job.sampling
+    p = GenParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+                  stop=list(s.stop))
+    try:
+        p.check()
+    except UserError as e:
+        raise UserError(f"sampling.{e}") from e
+    return p
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def complete(host, job: GenerateJob, prompts: list[str], adapters: list[str], params: GenParams) -> list[dict]:
+    """Every prompt with every adapter; streamed one at a time, or batched across adapters and prompts."""
+    records = []
+    pairs = [(i, p, a) for i, p in enumerate(prompts) for a in adapters]
+    if job.stream:
+        for i, p, a in pairs:
+            if a == adapters[0]:
+                _print(f"\n### prompt {i + 1}: {p}\n")
+            _print(f"[{a}] ")
+            req = GenRequest(format_prompt(p, job.format), a, params, on_text=_print)
+            res = generate(host, [req])[0]
+            _print("\n")
+            records.append({"prompt": p, "adapter": a, "completion": res.text, "finish_reason": res.finish_reason})
+        return records
+    if job.batch_size < 1:
+        raise UserError(f"batch_size={job.batch_size} must be at least 1")
+    for start in range(0, len(pairs), job.batch_size):
+        chunk = pairs[start:start + job.batch_size]
+        results = generate(host, [GenRequest(format_prompt(p, job.format), a, params) for _, p, a in chunk])
+        for (i, p, a), res in zip(chunk, results):
+            records.append({"prompt": p, "adapter": a, "completion": res.text, "finish_reason": res.finish_reason})
+    for i, p in enumerate(prompts):
+        _print(f"\n### prompt {i + 1}: {p}\n")
+        for r in records:
+            if r["prompt"] is p:
+                _print(f"[{r['adapter']}] {r['completion']}\n")
+    return records
+
+
+def chat(host, adapter: str, params: GenParams, read=input) -> list[dict]:
+    """A conversation in the terminal; every exchange is also returned as a record."""
+    history, records = [], []
+    _print(f"chatting with {adapter!r} ({HELP})\n")
+    while True:
+        try:
+            line = read("you> ")
+        except EOFError:
+            break
+        if not line.strip():
+            continue
+        if line.strip() == "/exit":
+            break
+        if line.strip() == "/reset":
+            history = []
+            continue
+        if line.startswith("/adapter"):
+            name = line[len("/adapter"):].strip()
+            try:
+                adapter = check_adapters(host, [name])[0]
+                history = []
+            except UserError as e:
+                _print(f"error: {e}\n")
+            continue
+        history.append({"role": "user", "content": line})
+        _print(f"{adapter}> ")
+        res = generate(host, [GenRequest(chat_prompt(history), adapter, params, on_text=_print)])[0]
+        _print("\n")
+        history.append({"role": "assistant", "content": res.text})
+        records.append({"prompt": line, "adapter": adapter, "completion": res.text,
+                        "finish_reason": res.finish_reason})
+    return records
+
+
+def run(cfg: DictConfig | GenerateJob) -> list[dict]:
+    """Generate and print; returns one record per (prompt, adapter): prompt, adapter, completion, finish_reason."""
+    job = typed(cfg, GenerateJob)
+    params = params_of(job)
+    prompts = None if job.interactive else read_prompts(job)
+    for name in job.adapters:  # a bad name fails before the base loads
+        check_name(name)
+    host = MultiAdapterModel.from_config(job)
+    adapters = check_adapters(host, job.adapters)
+    for name in adapters[: host.max_resident]:  # load (and check against the base) before printing anything
+        if not host.is_base(name):
+            host.load(name)
+    if job.interactive:
+        records = chat(host, adapters[0], params)
+    else:
+        records = complete(host, job, prompts, adapters, params)
+    if job.output:
+        with open(job.output, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return records
+
+
+@hydra.main(config_path="pkg://lora_train.conf", config_name="generate", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

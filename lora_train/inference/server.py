@@ -1,0 +1,310 @@
+"""`lora-serve`: an OpenAI-compatible HTTP server over one base model and many adapters.
+
+    lora-serve adapters_dir=adapters host=127.0.0.1 port=8000
+
+`model` in a request names an adapter (its folder name) or the base (its model name, or `base`). Concurrent requests
+are batched together across adapters by lora_train.inference.batching. Every mistake in a request is answered with a 4xx and
+OpenAI's error JSON; the worker keeps serving everyone else.
+"""
+
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at definition time.
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+from lora_train.inference.batching import Batcher, Closed, QueueFull, Ticket
+from lora_train.config import typed
+from lora_train.errors import UserError, reported
+from lora_train.inference.generation import GenRequest, chat_prompt
+from lora_train.schemas.infer import ServeJob
+from lora_train.inference.registry import MultiAdapterModel, UnknownAdapter, check_name
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "LORA_SERVE_API_KEY"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.type, self.param, self.code = status, type_, param, code
+
+
+def as_api_error(e: BaseException) -> ApiError:
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, UnknownAdapter):
+        return ApiError(404, str(e), param="model", code="model_not_found")
+    if isinstance(e, (UserError, ValueError)):
+        return ApiError(400, str(e))
+    if isinstance(e, QueueFull):
+        return ApiError(429, str(e), "rate_limit_error", code="queue_full")
+    if isinstance(e, (Closed, TimeoutError)):
+        return ApiError(503, str(e) or "timed out waiting for the model", "server_error")
+    return ApiError(500, f"internal error: {type(e).__name__}", "server_error")
+
+
+def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key: str | None):
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+
+    from lora_train.inference import openai_api as oa
+
+    app = FastAPI(title="lora-serve")
+
+    def error_json(e: ApiError) -> JSONResponse:
+        return JSONResponse(oa.error_body(str(e), e.type, e.param, e.code), status_code=e.status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return error_json(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        first = e.errors()[0]
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        msg = "malformed JSON body" if first.get("type") == "json_invalid" else first.get("msg", "invalid request")
+        return error_json(ApiError(400, f"{'.'.join(loc) + ': ' if loc else ''}{msg}", param=".".join(loc) or None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):
+        log.exception("unexpected error")
+        return error_json(as_api_error(e))
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        got = request.headers.get("authorization", "")
+        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), api_key.encode())):
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                           code="invalid_api_key")
+
+    def model_of(name: str) -> str:
+        try:
+            check_name(name)
+            if not host.is_base(name):
+                host.folder_of(name)  # 404 for an unknown adapter, 400 for a name leading outside adapters_dir
+        except UserError as e:
+            raise as_api_error(e) from None
+        return name
+
+    def parse(body_cls, raw: dict):
+        try:
+            return body_cls.model_validate(raw)
+        except Exception as e:  # pydantic's ValidationError: name the field
+            errs = getattr(e, "errors", lambda: [])()
+            if errs:
+                loc = ".".join(str(x) for x in errs[0]["loc"])
+                raise ApiError(400, f"{loc}: {errs[0]['msg']}", param=loc) from None
+            raise ApiError(400, str(e)) from None
+
+    async def body_json(request: Request) -> dict:
+        try:
+            raw = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "malformed JSON body") from None
+        if not isinstance(raw, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return raw
+
+    async def run_rows(prompts: list[str], model: str, params, stream: bool):
+        """Queue one ticket per row; returns (events queue, requests) once every row passed its checks."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def post(*event):
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop is gone (shutdown): stop generating for this row
+                reqs[event[1]].cancelled.set()
+
+        reqs = []
+        for i, p in enumerate(prompts):
+            r = GenRequest(p, model, params, on_text=(lambda t, i=i: post("text", i, t)) if stream else None)
+            reqs.append(r)
+        try:
+            for i, r in enumerate(reqs):
+                batcher.submit(Ticket(r, on_start=lambda i=i: post("start", i),
+                                      on_done=lambda res, err, i=i: post("done", i, res, err)))
+        except (QueueFull, Closed) as e:
+            for r in reqs:
+                r.cancelled.set()
+            raise as_api_error(e) from None
+        return events, reqs
+
+    async def next_event(events, deadline, reqs):
+        try:
+            return await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            for r in reqs:
+                r.cancelled.set()
+            raise ApiError(503, f"timed out after {job.request_timeout_s:.0f} s waiting for the model",
+                           "server_error") from None
+
+    async def respond(body, prompts: list[str], chat: bool):
+        model = model_of(body.model)
+        try:
+            params = body.params(job.default_max_tokens, job.max_tokens_limit)
+        except ValueError as e:
+            raise ApiError(400, str(e), param="max_tokens") from None
+        prompts = [p for p in prompts for _ in range(body.n)]
+        events, reqs = await run_rows(prompts, model, params, body.stream)
+        deadline = time.monotonic() + job.request_timeout_s
+        rid = oa.new_id("chatcmpl" if chat else "cmpl")
+        if not body.stream:
+            results = [None] * len(reqs)
+            while any(r is None for r in results):
+                kind, i, *rest = await next_event(events, deadline, reqs)
+                if kind == "done":
+                    if rest[1] is not None:
+                        for r in reqs:
+                            r.cancelled.set()
+                        raise as_api_error(rest[1])
+                    results[i] = rest[0]
+            if chat:
+                return oa.chat_response(rid, model, results)
+            return oa.completion_response(rid, model, results, prompts if getattr(body, "echo", False) else None)
+        # Streaming: wait until every row has passed its checks, so a bad request is still a plain 4xx.
+        held, started = [], set()
+        while len(started) < len(reqs):
+            event = await next_event(events, deadline, reqs)
+            kind, i, *rest = event
+            if kind == "done" and rest[1] is not None:
+                for r in reqs:
+                    r.cancelled.set()
+                raise as_api_error(rest[1])
+            started.add(i)
+            held.append(event)
+
+        def chunk(i, text=None, finish=None, first=False):
+            if chat:
+                delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+                return oa.chat_chunk(rid, model, i, delta, finish)
+            return oa.completion_chunk(rid, model, i, text or "", finish)
+
+        async def sse():
+            try:
+                if chat:
+                    for i in range(len(reqs)):
+                        yield f"data: {json.dumps(chunk(i, first=True))}\n\n"
+                pending, done = list(held), set()
+                while len(done) < len(reqs):
+                    kind, i, *rest = pending.pop(0) if pending else await next_event(events, deadline, reqs)
+                    if kind == "text":
+                        yield f"data: {json.dumps(chunk(i, text=rest[0]))}\n\n"
+                    elif kind == "done":
+                        done.add(i)
+                        res, err = rest
+                        if err is not None:
+                            e = as_api_error(err)
+                            yield f"data: {json.dumps(oa.error_body(str(e), e.type, e.param, e.code))}\n\n"
+                        else:
+                            yield f"data: {json.dumps(chunk(i, finish=res.finish_reason))}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:  # the client went away (or we are done): stop generating for it
+                for r in reqs:
+                    r.cancelled.set()
+
+        return StreamingResponse(sse(), media_type="text/event-stream")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "base": host.base_name, "resident_adapters": host.resident(),
+                "queued": batcher.queue.qsize(), "batches": batcher.stats.batches, "rows": batcher.stats.rows,
+                "largest_batch": batcher.stats.largest_batch, "cancelled": batcher.stats.cancelled}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models():
+        resident = set(host.resident())
+        data = [{"id": host.base_name, "object": "model", "created": 0, "owned_by": "lora-train"}]
+        for name in await run_in_threadpool(host.names):
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": "lora-train",
+                         "parent": host.base_name, "resident": name in resident})
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(request: Request):
+        body = parse(oa.CompletionBody, await body_json(request))
+        try:
+            prompts = body.prompts()
+        except ValueError as e:
+            raise ApiError(400, str(e), param="prompt") from None
+        return await respond(body, prompts, chat=False)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(request: Request):
+        body = parse(oa.ChatBody, await body_json(request))
+        try:
+            prompt = chat_prompt(body.as_messages())
+        except ValueError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        return await respond(body, [prompt], chat=True)
+
+    async def admin(request: Request, action):
+        name = parse(oa.AdapterName, await body_json(request)).name
+        try:
+            check_name(name)
+            return await run_in_threadpool(action, name)
+        except UserError as e:
+            raise as_api_error(e) from None
+
+    @app.get("/admin/adapters", dependencies=[Depends(authorize)])
+    async def admin_list():
+        return {"base": host.base_name, "adapters": await run_in_threadpool(host.names), "resident": host.resident()}
+
+    @app.post("/admin/adapters/load", dependencies=[Depends(authorize)])
+    async def admin_load(request: Request):
+        return await admin(request, lambda n: (host.load(n), {"name": n, "resident": True})[1])
+
+    @app.post("/admin/adapters/unload", dependencies=[Depends(authorize)])
+    async def admin_unload(request: Request):
+        return await admin(request, lambda n: {"name": n, "was_resident": host.unload(n), "resident": False})
+
+    return app
+
+
+def run(cfg: DictConfig | ServeJob) -> None:
+    """Load the base and adapters, then serve until interrupted."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise UserError(f"lora-serve needs the server extra ({e.name} is missing): pip install 'lora-train[serve]'") from e
+
+    job = typed(cfg, ServeJob)
+    if not 0 < job.port < 65536:
+        raise UserError(f"port={job.port} is out of range")
+    api_key = job.api_key or os.environ.get(API_KEY_ENV) or None
+    host = MultiAdapterModel.from_config(job)
+    if job.preload:
+        for name in host.names()[: job.max_resident_adapters]:
+            try:
+                host.load(name)
+            except UserError as e:  # one bad folder must not keep the others from being served
+                log.warning("not preloaded: %s", e)
+    batcher = Batcher(host, job.max_batch_size, job.batch_wait_ms, job.max_queue)
+    app = create_app(host, batcher, job, api_key)
+    print(f"serving {host.base_name} with adapters {host.names()} on http://{job.host}:{job.port}/v1"
+          + (" (API key required)" if api_key else ""), flush=True)
+    try:
+        uvicorn.run(app, host=job.host, port=job.port, log_level=job.log_level)
+    finally:
+        batcher.close()
+
+
+@hydra.main(config_path="pkg://lora_train.conf", config_name="serve", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The training plan: batch arithmetic, step counts and parameter counts, computed without loading weights.
+
+`lora-train dry_run=true` prints it; `lora-train` prints it before training starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from lora_train.errors import UserError
+from lora_train.schemas import TrainJob
+
+
+def world_size() -> int:
+    """Processes in this job (torchrun / accelerate set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def grad_accumulation(job: TrainJob, world: int) -> int:
+    """Gradient accumulation that turns per-device batches from `world` processes into train.global_batch_size."""
+    t = job.train
+    per_step = t.per_device_batch_size * world
+    if t.global_batch_size is None:
+        return 1
+    if t.global_batch_size % per_step:
+        raise UserError(
+            f"train.global_batch_size={t.global_batch_size} is not a multiple of train.per_device_batch_size="
+            f"{t.per_device_batch_size} x {world} process(es) = {per_step}; change one of them"
+        )
+    return t.global_batch_size // per_step
+
+
+@dataclass
+class Plan:
+    world: int
+    accumulation: int
+    global_batch: int
+    train_rows: int | None = None
+    optimizer_steps: int | None = None
+    total_params: int | None = None
+    trainable_params: int | None = None
+    layout: str | None = None  # how a micro-batch's examples are laid out (known once the collator is chosen)
+    data_cache: str | None = None  # "reused <entry>" / "stored <entry>": the tokenized examples' cache entry
+    checkpointing: str | None = None  # how train.gradient_checkpointing=auto decided
+
+    def lines(self, job: TrainJob) -> list[str]:
+        from lora_train.model import compute_dtype
+
+        t = job.train
+        used = compute_dtype(job.quant).value
+        want = job.quant.compute_dtype.value
+        compute = want if used == want else f"{used} (asked {want}; this hardware would only emulate it)"
+        fmt = lambda n: "unknown" if n is None else f"{n:,}"  # noqa: E731
+        pct = (f" ({100 * self.trainable_params / self.total_params:.3f}%)"
+               if self.trainable_params and self.total_params else "")
+        return [
+            f"model:      {job.model.name_or_path} (revision {job.model.revision or 'default'})",
+            f"quant:      {job.quant.mode.value}"
+            + (f", double quant {job.quant.double_quant}" if job.quant.mode.value in ("nf4", "fp4") else "")
+            + f", compute {compute}",
+            f"lora:       r={job.lora.r} alpha={job.lora.alpha} dropout={job.lora.dropout} "
+            f"targets={','.join(job.lora.target_modules)}",
+            f"parameters: {fmt(self.total_params)} total, {fmt(self.trainable_params)} trainable{pct}",
+            f"data:       {job.data.source} (revision {job.data.revision or 'default'}), "
+            f"{fmt(self.train_rows)} training rows, max length {job.data.max_length}"
+            + (f"; tokenized examples {self.data_cache}" if self.data_cache else ""),
+            f"batch:      {self.global_batch} per optimizer step = {t.per_device_batch_size} per device x "
+            f"{self.world} process(es) x {self.accumulation} accumulation"
+            + (f"; {self.layout}" if self.layout else ""),
+            f"schedule:   {fmt(self.optimizer_steps)} optimizer steps, lr {t.learning_rate} {t.lr_scheduler}, "
+            f"{t.warmup_steps} warmup",
+            f"output:     {os.path.join(job.adapters_dir, job.run_name)}",
+        ] + ([self.checkpointing] if self.checkpointing else [])
+
+
+def optimizer_steps(job: TrainJob, train_rows: int, global_batch: int) -> int:
+    if job.train.max_steps > 0:
+        return job.train.max_steps
+    return math.ceil(math.ceil(train_rows / global_batch) * job.train.epochs)
+
+
+def count_parameters(model_path: str, job: TrainJob) -> tuple[int, int]:
+    """(total, trainable LoRA) parameter counts from the model's config, on the meta device: nothing is loaded."""
+    import torch
+    from accelerate import init_empty_weights
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lora_train.training.estimate import model_config
+    from lora_train.model import peft_config
+
+    config = model_config(model_path, job)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=job.model.trust_remote_code,
+                                                 dtype=torch.float32)
+        model = get_peft_model(model, peft_config(job.lora))
+    trainable, total = model.get_nb_trainable_parameters()
+    return total - trainable, trainable

@@ -1,0 +1,99 @@
+"""Hydra multirun: a grid sweep trains every combination into its own adapter folder and ends with a summary table;
+the Optuna preset minimises the eval loss each run returns; the Slurm preset composes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from lora_train.training import sweep
+
+from conftest import run_cli
+
+# One optimizer step on 32 short rows: each run of a sweep takes seconds.
+TINY = ["experiment=debug", "data.max_rows=40", "data.max_length=32", "data.val_fraction=0.1",
+        "train.max_steps=1", "train.per_device_batch_size=4", "train.global_batch_size=4"]
+
+
+def summary_rows(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_sweep_trains_every_combination_into_its_own_folder_and_summarises(tmp_path):
+    proc = run_cli("lora-train", "-m", *TINY, "lora.r=8,16", "train.learning_rate=1e-4,2e-5",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folders = sorted(p for p in (tmp_path / "adapters").iterdir())
+    assert len(folders) == 4 and not any(p.name.startswith(".") for p in folders), folders
+    # Every run trained with its own settings (read back from what it saved, not from its name).
+    trained = set()
+    for folder in folders:
+        assert (folder / "adapter_model.safetensors").is_file()
+        saved = yaml.safe_load((folder / "lora_train.yaml").read_text())
+        trained.add((saved["lora"]["r"], saved["train"]["learning_rate"]))
+    assert trained == {(8, 1e-4), (8, 2e-5), (16, 1e-4), (16, 2e-5)}
+    # The default run_name's timestamp is the sweep's: one sweep's adapters sort together.
+    assert len({p.name.split("-experiment=")[0].rsplit("-", 1)[0] for p in folders}) == 1
+
+    rows = summary_rows(tmp_path / "sweep")
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    for row in rows:
+        metrics = json.loads((tmp_path / row["adapter"]).joinpath("metrics.json").read_text())
+        assert float(row["eval_loss"]) == pytest.approx(metrics["eval_loss"])
+        assert (int(row["lora.r"]), float(row["train.learning_rate"])) == (
+            metrics["config"]["lora"]["r"], metrics["config"]["train"]["learning_rate"])
+    md = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| job | lora.r | train.learning_rate | train_loss | eval_loss |" in md
+    assert "settings of every run: experiment=debug" in md and "best eval loss: job" in md
+    assert md.strip() in proc.stdout  # the table is also printed when the sweep ends
+
+
+def test_optuna_preset_minimises_the_eval_loss_each_run_returns(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    proc = run_cli("lora-train", "-m", "sweep=optuna", *TINY, "hydra.sweeper.n_trials=1",
+                   "hydra.sweeper.params={lora.r: 'choice(4, 8)', train.learning_rate: 'interval(1e-4, 1e-2)'}",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = summary_rows(tmp_path / "sweep")
+    assert len(rows) == 1 and rows[0]["lora.r"] in {"4", "8"}
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(float(rows[0]["eval_loss"]))  # what the run returned
+
+
+def compose_hydra(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_module("lora_train.conf", version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_optuna_preset_composes_a_minimising_study():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = compose_hydra("sweep=optuna", "experiment=gpt4all_j_lora_6b")
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert str(cfg.hydra.sweeper.direction).endswith("minimize")
+    assert set(cfg.hydra.sweeper.params) == {"lora.r", "lora.alpha", "train.learning_rate"}
+
+
+def test_slurm_preset_composes_one_gpu_jobs():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_hydra("launcher=slurm", "experiment=gpt4all_j_lora_6b", "hydra.launcher.partition=gpu")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (1, 1, "gpu")
+    assert launcher.submitit_folder.startswith(str(cfg.hydra.sweep.dir))  # logs stay next to the sweep's summary
+
+
+def test_folder_suffix_is_a_safe_unique_name():
+    assert sweep.folder_suffix(3, ["lora.r=8", "run_name=x", "data.source=/a/b.jsonl"]) == \
+        "3-lora.r=8,data.source=_a_b.jsonl"
+    long = sweep.folder_suffix(0, [f"+train.sft_args.k{i}=value{i}" for i in range(20)])
+    assert len(long) < 130 and long != sweep.folder_suffix(0, [f"+train.sft_args.k{i}=value{i}" for i in range(19)])
+    assert sweep.folder_suffix(5, []) == "5"

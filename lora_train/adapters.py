@@ -19,6 +19,10 @@ from lora_train.errors import UserError
 from lora_train.schemas import TrainJob
 
 BASE_FILE = "base_model.json"  # written next to the adapter at training time: the base's shape
+# adapter_config.json `init_lora_weights` of an adapter still paired with the residual base it was initialised
+# against: PEFT saves PiSSA/OLoRA/CorDA/LoftQ adapters so unless told to convert them, and lora-train marks its own
+# checkpoints of such runs so. On the original base such an adapter computes something else: refused by name.
+RESIDUAL_MARKS = ("pissa", "olora", "corda", "loftq")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -76,6 +80,13 @@ def read_adapter(folder: str | Path, allow_pickle: bool = False) -> AdapterInfo:
         raise UserError(f"adapter {name!r}: {cfg_file} is not a JSON object ({e})") from e
     if peft_config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"adapter {name!r}: peft_type {peft_config.get('peft_type')!r} is not LoRA")
+    mark = peft_config.get("init_lora_weights")
+    if isinstance(mark, str) and mark.lower().startswith(RESIDUAL_MARKS):
+        raise UserError(
+            f"adapter {name!r} was initialised with {mark} against a residual base and saved without conversion "
+            f"(init_lora_weights={mark!r} in {cfg_file}): on the original base it computes something else. Use "
+            "the converted adapter lora-train writes to adapters/<run_name> (its checkpoints are not converted), or "
+            "convert it with PEFT's save_pretrained(..., path_initial_model_for_weight_conversion=...)")
 
     weights = folder / "adapter_model.safetensors"
     modules: dict[str, tuple[int, int, int]] = {}

@@ -112,6 +112,8 @@ def device_map(env=os.environ):
 def peft_config(cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 
+    from lora_train.schemas import LoraInit
+
     targets = cfg.target_modules
     return PeftLoraConfig(
         r=cfg.r,
@@ -120,6 +122,11 @@ def peft_config(cfg: LoraConfig):
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
         bias=cfg.bias,
         task_type="CAUSAL_LM",
+        # LoftQ, PiSSA and OLoRA start from PEFT's default and are then initialised by lora_train.training.init,
+        # which works on a 4-bit base on any device (PEFT's own paths need CUDA or refuse a 4-bit base).
+        init_lora_weights="gaussian" if cfg.init == LoraInit.gaussian else True,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
     )
 
 

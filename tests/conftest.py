@@ -25,7 +25,7 @@ def need(available: bool, reason: str) -> None:
         return
     if STRICT_SKIPS:
         pytest.fail(f"required here (LORA_TRAIN_STRICT_SKIPS=1): {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)  # also at a test module's top, before its imports
 
 
 def need_module(name: str, extra: str):

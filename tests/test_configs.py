@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from lora_train import compose
@@ -59,16 +60,20 @@ def test_dataset_revision_is_selectable(revision):
     assert job.data.revision == revision
 
 
-@pytest.mark.parametrize("override,key", [
-    ("lora.r=abc", "lora.r"),
-    ("quant.mode=nf5", "quant.mode"),
-    ("train.learning_rat=1e-4", "train.learning_rat"),
-    ("model=gptj_7b", "model"),
+@pytest.mark.parametrize("override,error,message,reason", [
+    ("lora.r=abc", ConfigCompositionException, "Error merging override lora.r=abc",
+     "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("quant.mode=nf5", ConfigCompositionException, "Error merging override quant.mode=nf5",
+     "Invalid value 'nf5', expected one of [nf4, fp4, int8, none]"),
+    ("train.learning_rat=1e-4", ConfigCompositionException, "Could not override 'train.learning_rat'", None),
+    ("model=gptj_7b", MissingConfigException, "Could not find 'model/gptj_7b'", None),
 ])
-def test_invalid_override_is_rejected_naming_the_key(override, key):
-    with pytest.raises(Exception) as err:
+def test_invalid_override_is_rejected_naming_the_key(override, error, message, reason):
+    with pytest.raises(error, match=re.escape(message)) as err:
         OmegaConf.to_object(compose("train", [override]))
-    assert key.split(".")[-1] in str(err.value)
+    assert type(err.value) is error
+    if reason:  # the cause carries the reason and the full key
+        assert reason in str(err.value.__cause__) and f"full_key: {override.split('=')[0]}" in str(err.value.__cause__)
 
 
 @pytest.mark.parametrize("override,expected", [

@@ -3,29 +3,53 @@ traceback and never a partial artifact."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import typing
 
 import pytest
 from hydra.errors import HydraException
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+
+from conftest import need_module
+
+need_module("hypothesis", "dev")  # a skip without it (a failure under LORA_TRAIN_STRICT_SKIPS=1), not an import error
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lora_train import UserError, compose, train
+from lora_train.config import unset_groups
 from lora_train.data.build import build_datasets
 from lora_train.model import load_tokenizer, resolve_model
-from lora_train.schemas import DataConfig, DataFormat, ModelConfig
+from lora_train.schemas import DataConfig, DataFormat, ModelConfig, TrainJob
+from lora_train.schemas.curate import CurateJob
+from lora_train.schemas.eval import EvalJob
+from lora_train.schemas.infer import GenerateJob, ServeJob
+from lora_train.schemas.merge import MergeJob
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-KEYS = ["train.learning_rate", "train.epochs", "train.max_steps", "train.per_device_batch_size",
-        "train.global_batch_size", "train.warmup_steps", "train.save_steps", "train.save_total_limit",
-        "train.max_nonfinite_steps", "train.optim", "train.lr_scheduler", "train.sft_args", "lora.r", "lora.alpha",
-        "lora.dropout", "lora.target_modules", "quant.mode", "quant.compute_dtype", "model.dtype",
-        "model.name_or_path", "data.max_length", "data.val_fraction", "data.max_prompt_fraction", "data.source",
-        "data.format", "data.max_rows", "seed", "run_name", "resume", "overwrite", "train.no_such_key", "nope"]
+# Every command's config, and the schema that documents its keys.
+SCHEMAS = {"train": TrainJob, "curate": CurateJob, "merge": MergeJob, "generate": GenerateJob, "serve": ServeJob,
+           "eval": EvalJob}
+
+
+def schema_keys(schema, prefix: str = "") -> list[str]:
+    """Every key a user can override, read from the schema: nested configs by their dotted keys, and the name of a
+    nested config itself (a config group such as quant=none)."""
+    keys = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        kinds = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+        keys.append(prefix + f.name)
+        if len(kinds) == 1 and dataclasses.is_dataclass(kinds[0]):
+            keys += schema_keys(kinds[0], f"{prefix}{f.name}.")
+    return keys
+
+
+KEYS = schema_keys(TrainJob) + ["train.no_such_key", "nope"]
 SCALARS = st.one_of(
     st.integers(-2, 2), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.booleans(),
@@ -57,6 +81,41 @@ def test_invalid_overrides_fail_clearly_before_anything_is_written(tmp_path, ove
     except UserError as e:
         assert str(e).strip() and "Traceback" not in str(e)
     assert not out.exists() or not any(out.iterdir()), "a dry run wrote something"
+
+
+def fails_clearly(error: Exception, overrides: list[tuple[str, object]], texts: list[str]) -> bool:
+    """Hydra's, OmegaConf's or our own message names the override or the key."""
+    return any(k.split(".")[-1] in str(error) or t in str(error) for k, t in zip([k for k, _ in overrides], texts))
+
+
+@pytest.mark.parametrize("command", sorted(SCHEMAS))
+def test_overrides_of_every_command_compose_or_fail_clearly(command):
+    """Not only lora-train: every command's documented keys, including those under a group the command leaves null
+    (lora-serve quant.mode=none), end in a config or in a message naming the key, never in another exception."""
+
+    @given(overrides=st.lists(st.tuples(st.sampled_from(schema_keys(SCHEMAS[command]) + ["nope"]), SCALARS),
+                              min_size=1, max_size=3))
+    @FAST
+    def check(overrides):
+        texts = [override_text(k, v) for k, v in overrides]
+        try:
+            compose(command, texts)
+        except (HydraException, OmegaConfBaseException, UserError) as e:
+            assert fails_clearly(e, overrides, texts), str(e)
+
+    check()
+
+
+@pytest.mark.parametrize("command,group", [(c, g) for c in sorted(SCHEMAS) for g in unset_groups(c)])
+def test_a_setting_of_an_unset_group_says_which_group_to_choose(command, group):
+    assert {"generate": {"model", "quant"}, "serve": {"model", "quant"}, "eval": {"model", "quant"}}[command] >= {group}
+    first = next(k for k in schema_keys(SCHEMAS[command]) if k.startswith(f"{group}."))
+    with pytest.raises(UserError, match=rf"^{first}=x: no {group} config is selected here .* write {group}="):
+        compose(command, [f"{first}=x"])
+    if group == "quant":  # the way the train docs teach it: the fix is one group choice
+        with pytest.raises(UserError, match="write quant=none instead$"):
+            compose(command, ["quant.mode=none"])
+        assert compose(command, ["quant=none", "quant.double_quant=false"]).quant.mode.value == "none"
 
 
 # Boundary values a random search rarely draws: each must be refused by name before anything loads.

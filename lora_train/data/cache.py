@@ -6,7 +6,10 @@ and tokenization, which for the GPT4All-J data is most of the start-up: MinHash 
 The key covers everything that decides the examples: the data config (less the keys that act after tokenization:
 name, val_fraction, streaming), the source's identity (path and content hash of every local file: reading is a
 second per GB, and modification times are too coarse to notice a quick rewrite; a Hub id with its pinned revision),
-the tokenizer's saved files, and the versions of this format and of `tokenizers`. A Hub source without `data.revision` is not cached: the Hub may change under the same name.
+the tokenizer's saved files, the versions of `tokenizers` and `transformers`, and a hash of the source code that turns
+rows into examples (every module of lora_train/data and the data schema): any change to that code, an upgrade or a
+git checkout, is a miss, so examples built by older code are never reused. A Hub source without `data.revision` is not
+cached: the Hub may change under the same name.
 
 Entries live in <cache root>/data/<key>/ (the cache root of tiny.py: $LORA_TRAIN_CACHE, else ~/.cache/lora_train).
 Each is written to a temporary folder and renamed into place, so a crash or a concurrent writer never leaves a half
@@ -26,7 +29,6 @@ from pathlib import Path
 from lora_train.schemas import DataConfig
 from lora_train.data.sources import is_local, local_files
 
-FORMAT = 1  # bump when examples.py / filters.py change what a config turns into
 AFTER_TOKENIZATION = {"name", "val_fraction", "streaming"}
 
 
@@ -47,9 +49,26 @@ def _tokenizer_digest(tokenizer) -> str:
     return h.hexdigest()
 
 
+def code_files() -> list[Path]:
+    """The source files whose code decides what a data config turns into: every module of this package (reading,
+    formats, curation, templates, tokenization, this key) and the data schema (defaults, refusal phrases). Hashing the
+    whole package rather than a hand-picked list keeps a module added later covered."""
+    from lora_train.schemas import data as data_schema
+
+    return sorted(Path(__file__).parent.glob("*.py")) + [Path(data_schema.__file__)]
+
+
+def code_digest(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def key(cfg: DataConfig, tokenizer) -> str | None:
     """The cache key of these examples, or None when they must not be cached."""
     import tokenizers
+    import transformers
 
     if not cfg.cache:
         return None
@@ -60,7 +79,8 @@ def key(cfg: DataConfig, tokenizer) -> str | None:
     else:
         return None
     config = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in AFTER_TOKENIZATION}
-    blob = json.dumps({"format": FORMAT, "tokenizers": tokenizers.__version__, "config": config, "source": source,
+    blob = json.dumps({"code": code_digest(code_files()), "tokenizers": tokenizers.__version__,
+                       "transformers": transformers.__version__, "config": config, "source": source,
                        "tokenizer": _tokenizer_digest(tokenizer)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 import lora_train.schemas.curate  # noqa: F401  (registers the schema conf/curate.yaml names)
 from lora_train.schemas.curate import CurateJob
 from lora_train.data.build import DataReport, check_data, iter_examples
+from lora_train import artifacts
 from lora_train.config import typed
 from lora_train.errors import UserError, reported
 
@@ -37,8 +38,8 @@ def _paths(job: CurateJob) -> tuple[Path | None, Path | None, Path | None]:
     report = Path(job.report) if job.report else (Path(f"{stem}.report.json") if stem else None)
     hist = Path(job.histogram) if job.histogram else (Path(f"{stem}.lengths.png") if stem else None)
     for p, key in [(out, "output"), (report, "report"), (hist, "histogram")]:
-        if p is not None and p.exists() and not job.overwrite:
-            raise UserError(f"{key}: {p} already exists; pass overwrite=true to replace it")
+        if p is not None:  # before any row is read: refused when it exists or could not be written
+            artifacts.check_output(p, key, job.overwrite)
     return out, report, hist
 
 
@@ -117,8 +118,8 @@ def plot_lengths(lengths: list[int], max_length: int, path: Path, title: str) ->
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with artifacts.atomic_file(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
 
 
@@ -185,8 +186,7 @@ def run(cfg: DictConfig | CurateJob) -> dict:
             plot_lengths(lengths, job.data.max_length, hist_path, f"{job.data.name}: {len(lengths)} examples")
             result["histogram"] = str(hist_path)
     if report_path:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        artifacts.write_atomic(report_path, json.dumps(result, indent=2, default=str) + "\n")
     print(_summary(result), flush=True)
     written = [str(p) for p in (out, report_path, hist_path) if p is not None and p.exists()]
     if written:

@@ -1,9 +1,13 @@
-"""Sources: where rows come from, one at a time, each with the place it came from (file:line) for reports.
+"""Sources: where rows come from, one at a time, each with the place it came from for reports.
 
 `data.source` is the bundled sample, a local file (.jsonl, .json, .parquet, .csv), a glob of such files, a folder of
 them, or a Hub dataset id (with `data.revision` and `data.split`). Local files are read by our own small readers
-rather than `datasets.load_dataset`, because a skipped row must be reported as file:line and one bad line must not
+rather than `datasets.load_dataset`, because a skipped row must be reported where it is and one bad row must not
 abort the whole file. Every reader is a generator, so nothing here holds more than one row (or one Parquet batch).
+
+A row's place names it uniquely: `file:line` in line-based files (JSON lines; CSV, the line where the row starts),
+`file[index]` in record-based ones (the element of a JSON array, the row of a Parquet file, the row of a Hub split;
+counted from 0, as `jq '.[index]'`, pandas' iloc and datasets index them).
 """
 
 from __future__ import annotations
@@ -111,8 +115,8 @@ def _parse_json(raw: bytes) -> Any:
 
 
 def _json(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
-    """A JSON array of objects (positions are the line each object starts on); anything else is read as JSON lines,
-    which is what `datasets` also accepts under a .json name."""
+    """A JSON array of objects (each located by its element index: a whole array often sits on one line); anything
+    else is read as JSON lines, which is what `datasets` also accepts under a .json name."""
     data = path.read_bytes()
     if not data.lstrip().startswith(b"["):
         yield from _jsonl(path, limit)
@@ -124,21 +128,20 @@ def _json(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
         yield f"{path}:{line}", Bad(f"not UTF-8 ({e.reason}); file skipped")
         return
     decoder = json.JSONDecoder()
-    pos, line, counted = text.index("[") + 1, 1, 0
+    pos, index = text.index("[") + 1, 0
     while True:
         while pos < len(text) and text[pos] in " \t\r\n,":
             pos += 1
-        line += text.count("\n", counted, pos)
-        counted = pos
         if pos >= len(text) or text[pos] == "]":
             return
         try:
             item, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            yield f"{path}:{e.lineno}", Bad(f"malformed JSON ({e.msg} at column {e.colno}); rest of the file skipped")
+        except json.JSONDecodeError as e:  # the parser's line: where to look in an editor
+            yield f"{path}:{e.lineno}", Bad(f"malformed JSON ({e.msg} at column {e.colno}, in element {index}); "
+                                            f"rest of the file skipped")
             return
-        yield f"{path}:{line}", item if end - pos <= limit else Bad(f"row larger than data.max_row_bytes={limit}")
-        pos = end
+        yield f"{path}[{index}]", item if end - pos <= limit else Bad(f"row larger than data.max_row_bytes={limit}")
+        pos, index = end, index + 1
 
 
 def _parquet(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
@@ -147,13 +150,24 @@ def _parquet(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # not Parquet at all (e.g. a CSV renamed): one counted skip, not a crash
-        yield f"{path}:1", Bad(f"not a Parquet file ({str(e).splitlines()[0]}); file skipped")
+        yield f"{path}", Bad(f"not a Parquet file ({str(e).splitlines()[0]}); file skipped")
         return
-    n = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            n += 1  # Parquet has no lines: the position is the row number, counted from 1
-            yield f"{path}:{n}", row
+    n = 0  # Parquet has no lines: a row is located by its index
+    for group in range(pf.num_row_groups):  # one group at a time, so damage is located to its group
+        batches = pf.iter_batches(batch_size=1024, row_groups=[group])
+        while True:
+            try:
+                batch = next(batches, None)
+                rows = [] if batch is None else batch.to_pylist()
+            except Exception as e:  # a damaged page, found only when its batch is read: the rows before it stay
+                yield f"{path}[{n}]", Bad(f"corrupt Parquet data in row group {group}, from this row on "
+                                          f"({str(e).splitlines()[0]}); rest of the file skipped")
+                return
+            if batch is None:
+                break
+            for row in rows:
+                yield f"{path}[{n}]", row
+                n += 1
 
 
 def _csv(path: Path, limit: int) -> Iterator[tuple[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import shutil
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -29,8 +30,9 @@ from lora_train.evaluation import harness
 from lora_train.evaluation import perplexity
 
 from lora_train.evaluation import samples
+from lora_train import artifacts
 from lora_train.adapters import check_against_config, check_against_model, read_adapter
-from lora_train.config import typed
+from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
 from lora_train.schemas.eval import EvalJob
 from lora_train.model import compute_dtype, load_base, load_tokenizer, resolve_model
@@ -151,6 +153,8 @@ def run(cfg: DictConfig | EvalJob) -> Path:
     """Evaluate; returns the output folder. Raises UserError for anything the user can fix."""
     job = to_job(cfg)
     started = time.time()
+    out = Path(job.output).expanduser()
+    artifacts.check_output(out, "output", job.overwrite)  # before any adapter is read or model loaded
     infos = [read_adapter(p, job.allow_pickle) for p in job.adapters]
     folders = [i.folder.resolve() for i in infos]
     if len(set(folders)) < len(folders):
@@ -189,13 +193,20 @@ def run(cfg: DictConfig | EvalJob) -> Path:
               f"seed {job.seed}. Evaluated {datetime.now(timezone.utc):%Y-%m-%d} with lora-eval.")
     scores = eval_report.scores_markdown(table, rows)
     losses = eval_report.loss_markdown(rows, {n: s.description for n, s in sets.items()}) if job.loss.enabled else ""
-    out = Path(job.output)
-    eval_report.write_atomic(out / "results.md", eval_report.results_markdown(header, scores, losses))
-    eval_report.write_atomic(out / "results.json", json.dumps(_results_json(job, model_cfg, quant_cfg, rows, table,
-                                                                            sets, started), indent=2) + "\n")
-    if prompts:
-        eval_report.write_atomic(out / "samples.md", samples.render(
-            prompts, answers, f"Greedy completions, at most {job.samples.max_new_tokens} new tokens."))
+    # The whole folder appears at once, complete; an existing one is replaced only with overwrite=true.
+    staging = artifacts.staging_dir(out)
+    try:
+        (staging / "results.md").write_text(eval_report.results_markdown(header, scores, losses))
+        (staging / "results.json").write_text(json.dumps(_results_json(job, model_cfg, quant_cfg, rows, table,
+                                                                        sets, started), indent=2) + "\n")
+        if prompts:
+            (staging / "samples.md").write_text(samples.render(
+                prompts, answers, f"Greedy completions, at most {job.samples.max_new_tokens} new tokens."))
+        artifacts.publish(staging, out, job.overwrite)
+    except OSError as e:
+        raise UserError(f"output={out}: could not write the results ({e})") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if job.update_cards:
         section = eval_report.card_section(header, scores, losses)
         for info in infos:
@@ -229,6 +240,7 @@ def _results_json(job, model_cfg, quant_cfg, rows, table, sets, started) -> dict
     }
 
 
+@checked_overrides("eval")  # quant.mode=... while quant is null: one line saying to write quant=...
 @hydra.main(config_path="pkg://lora_train.conf", config_name="eval", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from lora_train.errors import UserError
-from lora_train.inference.generation import GenRequest, GenResult, generate, max_positions, prompt_ids
+from lora_train.inference.generation import GenRequest, GenResult, generate, max_positions, prepare, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class Batcher:
         self.wait_s = wait_ms / 1000
         self.queue: queue.Queue[Ticket | None] = queue.Queue(maxsize=max_queue)
         self.stats = Stats()
+        self._running = 0  # rows of the batch being generated
+        self._kv = 0  # KV tokens that batch may hold (rows x (longest prompt + largest max_tokens))
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="lora-batcher", daemon=True)
         self._thread.start()
@@ -62,18 +64,38 @@ class Batcher:
     def submit(self, ticket: Ticket) -> None:
         if self._closed:
             raise Closed("the server is shutting down")
+        try:  # tokenize in the caller's thread; a bad request is still reported by the worker, alone
+            prepare(self.host.tokenizer, ticket.request, max_positions(self.host.base.config))
+        except UserError:
+            pass
         try:
             self.queue.put_nowait(ticket)
         except queue.Full:
             raise QueueFull(f"{self.queue.maxsize} requests are already waiting; retry later") from None
 
-    def close(self, timeout: float = 30) -> None:
+    def queued(self) -> int:
+        return self.queue.qsize()
+
+    def running(self) -> int:
+        return self._running
+
+    def kv_tokens(self) -> int:
+        return self._kv
+
+    def health(self) -> dict:
+        return {"scheduler": "static", "queued": self.queued(), "running": self.running(), "kv_tokens": self._kv,
+                "batches": self.stats.batches, "rows": self.stats.rows, "largest_batch": self.stats.largest_batch,
+                "cancelled": self.stats.cancelled}
+
+    def close(self, timeout: float = 30) -> bool:
+        """Stop taking requests; the batch in hand finishes (within `timeout`), waiting requests get Closed."""
         self._closed = True
         try:
             self.queue.put(None, timeout=timeout)  # wakes the worker; it finishes the batch in hand
         except queue.Full:
             pass
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _loop(self) -> None:
         while True:
@@ -123,7 +145,13 @@ class Batcher:
         for group in _fit_resident(ready, self.host):
             for t in group:
                 t.on_start()
-            results = generate(self.host, [t.request for t in group])
+            self._running = len(group)
+            self._kv = len(group) * (max(len(t.request.ids or []) for t in group)
+                                     + max(t.request.params.max_new_tokens for t in group))
+            try:
+                results = generate(self.host, [t.request for t in group])
+            finally:
+                self._running = self._kv = 0
             self.stats.batches += 1
             self.stats.rows += len(group)
             self.stats.largest_batch = max(self.stats.largest_batch, len(group))

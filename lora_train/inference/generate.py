@@ -17,13 +17,27 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lora_train.config import typed
+from lora_train import artifacts
+from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
 from lora_train.inference.generation import GenParams, GenRequest, chat_prompt, format_prompt, generate
-from lora_train.schemas.infer import GenerateJob
+from lora_train.inference.scheduler import generate_all
+from lora_train.schemas.infer import GenerateJob, Scheduler
 from lora_train.inference.registry import MultiAdapterModel, check_name
 
 HELP = "commands: /adapter NAME (switch), /reset (forget the conversation), /exit"
+
+
+def _lines(path: Path) -> list[str]:
+    """The file's lines as text; bytes that are not UTF-8 are an error naming the line (a BOM is ignored)."""
+    lines = []
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if n == 1 else "utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start} of the line); "
+                            f"save the prompt file as UTF-8") from None
+    return lines
 
 
 def read_prompts(job: GenerateJob) -> list[str]:
@@ -37,7 +51,7 @@ def read_prompts(job: GenerateJob) -> list[str]:
     if not path.is_file():
         raise UserError(f"prompt_file={job.prompt_file!r}: no such file")
     prompts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         if path.suffix == ".jsonl":
@@ -100,9 +114,15 @@ def complete(host, job: GenerateJob, prompts: list[str], adapters: list[str], pa
         return records
     if job.batch_size < 1:
         raise UserError(f"batch_size={job.batch_size} must be at least 1")
-    for start in range(0, len(pairs), job.batch_size):
-        chunk = pairs[start:start + job.batch_size]
-        results = generate(host, [GenRequest(format_prompt(p, job.format), a, params) for _, p, a in chunk])
+    if job.scheduler == Scheduler.continuous:  # one running batch of batch_size rows, refilled as rows finish
+        chunks = [pairs]
+        run_chunk = lambda reqs: generate_all(host, reqs, job.batch_size, job.max_batch_tokens,  # noqa: E731
+                                              job.max_prefill_tokens)
+    else:  # static: batches of batch_size, each run until its longest row ends
+        chunks = [pairs[i:i + job.batch_size] for i in range(0, len(pairs), job.batch_size)]
+        run_chunk = lambda reqs: generate(host, reqs)  # noqa: E731
+    for chunk in chunks:
+        results = run_chunk([GenRequest(format_prompt(p, job.format), a, params) for _, p, a in chunk])
         for (i, p, a), res in zip(chunk, results):
             records.append({"prompt": p, "adapter": a, "completion": res.text, "finish_reason": res.finish_reason})
     for i, p in enumerate(prompts):
@@ -150,6 +170,9 @@ def chat(host, adapter: str, params: GenParams, read=input) -> list[dict]:
 def run(cfg: DictConfig | GenerateJob) -> list[dict]:
     """Generate and print; returns one record per (prompt, adapter): prompt, adapter, completion, finish_reason."""
     job = typed(cfg, GenerateJob)
+    output = Path(job.output).expanduser() if job.output else None
+    if output is not None:  # before anything is read or loaded: the completions must have somewhere to go
+        artifacts.check_output(output, "output", job.overwrite)
     params = params_of(job)
     prompts = None if job.interactive else read_prompts(job)
     for name in job.adapters:  # a bad name fails before the base loads
@@ -163,13 +186,13 @@ def run(cfg: DictConfig | GenerateJob) -> list[dict]:
         records = chat(host, adapters[0], params)
     else:
         records = complete(host, job, prompts, adapters, params)
-    if job.output:
-        with open(job.output, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    if output is not None:  # written whole and renamed into place: never a half-written file
+        artifacts.write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        print(f"completions written to {output}", file=sys.stderr, flush=True)
     return records
 
 
+@checked_overrides("generate")  # quant.mode=... while quant is null: one line saying to write quant=...
 @hydra.main(config_path="pkg://lora_train.conf", config_name="generate", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> None:

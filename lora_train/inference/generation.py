@@ -60,6 +60,8 @@ class GenRequest:
     params: GenParams = field(default_factory=GenParams)
     on_text: Optional[Callable[[str], None]] = None  # called with each new piece of text, from the generating thread
     cancelled: threading.Event = field(default_factory=threading.Event)  # set it to stop this row early
+    on_token: Optional[Callable[[], None]] = None  # called once per generated token (EOS included), for metrics
+    ids: Optional[list[int]] = None  # the prompt's token ids once checked (prepare); tokenized off the worker
 
 
 @dataclass
@@ -72,6 +74,8 @@ class GenResult:
 
 def prompt_ids(tokenizer, request: GenRequest, max_positions: int | None) -> list[int]:
     """The prompt's token ids, checked: not empty, and room left for max_new_tokens."""
+    if request.ids is not None:  # already checked by prepare()
+        return request.ids
     if not request.prompt.strip():
         raise UserError("the prompt is empty")
     ids = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
@@ -79,6 +83,13 @@ def prompt_ids(tokenizer, request: GenRequest, max_positions: int | None) -> lis
         raise UserError(f"prompt ({len(ids)} tokens) + max_tokens ({request.params.max_new_tokens}) exceeds the "
                         f"model's context of {max_positions} tokens; shorten the prompt or lower max_tokens")
     return ids
+
+
+def prepare(tokenizer, request: GenRequest, limit: int | None) -> GenRequest:
+    """Check the request and tokenize its prompt once, in the caller's thread (never the generating worker's)."""
+    request.params.check()
+    request.ids = prompt_ids(tokenizer, request, limit)
+    return request
 
 
 def max_positions(config) -> int | None:
@@ -105,6 +116,8 @@ class _Row:
             return
         if self.request.cancelled.is_set():
             return self._finish("cancelled")
+        if self.request.on_token is not None:
+            self.request.on_token()
         if token == self.eos_id:
             return self._finish("stop")
         self.ids.append(token)
@@ -149,31 +162,45 @@ class _RowTracker:
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
-class _PerRowSampler:
-    """LogitsProcessor: temperature / top-p sampling per row, with a per-row seeded generator."""
+class RowSampler:
+    """One row's next-token choice: argmax when greedy, else temperature / top-p sampling with the row's own seeded
+    generator, so a seeded row draws the same tokens alone, in a static batch or in a continuous one."""
 
-    def __init__(self, params: list[GenParams], device):
+    def __init__(self, params: GenParams, device):
         import torch
 
         self.params = params
-        self.generators = {}
-        for i, p in enumerate(params):
-            if p.temperature > 0:
-                seed = p.seed if p.seed is not None else random.SystemRandom().randrange(2**63)
-                self.generators[i] = torch.Generator(device=device).manual_seed(seed)
+        self.generator = None
+        if params.temperature > 0:
+            seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
+            self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    def __call__(self, input_ids, scores):
+    def sample(self, scores):
+        """A token drawn from one row's float32 scores (only for a sampled row)."""
         import torch
 
-        for i, gen in self.generators.items():
-            p = self.params[i]
-            probs = torch.softmax(scores[i].float() / p.temperature, dim=-1)
-            if p.top_p < 1:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                outside = sorted_probs.cumsum(0) - sorted_probs >= p.top_p  # keep the smallest set reaching top_p
-                probs = probs.scatter(0, order[outside], 0.0)
-            token = torch.multinomial(probs, 1, generator=gen)
-            scores[i] = torch.full_like(scores[i], float("-inf"))
+        p = self.params
+        probs = torch.softmax(scores.float() / p.temperature, dim=-1)
+        if p.top_p < 1:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            outside = sorted_probs.cumsum(0) - sorted_probs >= p.top_p  # keep the smallest set reaching top_p
+            probs = probs.scatter(0, order[outside], 0.0)
+        return torch.multinomial(probs, 1, generator=self.generator)
+
+    def pick(self, scores) -> int:
+        return int(scores.argmax()) if self.generator is None else int(self.sample(scores))
+
+
+class _PerRowSampler:
+    """LogitsProcessor: each sampled row's token chosen by its RowSampler, handed to generate as a one-hot score."""
+
+    def __init__(self, params: list[GenParams], device):
+        self.samplers = {i: RowSampler(p, device) for i, p in enumerate(params) if p.temperature > 0}
+
+    def __call__(self, input_ids, scores):
+        for i, sampler in self.samplers.items():
+            token = sampler.sample(scores[i])
+            scores[i] = float("-inf")
             scores[i, token] = 0.0
         return scores
 

@@ -18,6 +18,10 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False  # one last chunk with no choices and the request's token counts
+
+
 class _Sampling(BaseModel):
     # Unknown fields (OpenAI clients send some, e.g. user, presence_penalty) are ignored, as OpenAI does.
     model_config = ConfigDict(extra="ignore")
@@ -31,6 +35,7 @@ class _Sampling(BaseModel):
     stop: Optional[Union[StrictStr, list[StrictStr]]] = None
     stream: StrictBool = False
     n: StrictInt = Field(default=1, ge=1, le=16)
+    stream_options: Optional[StreamOptions] = None
 
     @field_validator("stop")
     @classmethod
@@ -113,6 +118,11 @@ def chat_response(rid: str, model: str, results: list[GenResult]) -> dict:
                 "finish_reason": r.finish_reason} for i, r in enumerate(results)]
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": choices, "usage": usage(results)}
+
+
+def usage_chunk(template: dict, results: list[GenResult]) -> dict:
+    """The final chunk of a stream with stream_options.include_usage: no choices, the usage of every row."""
+    return {**template, "choices": [], "usage": usage(results)}
 
 
 def completion_chunk(rid: str, model: str, index: int, text: str, finish: str | None) -> dict:

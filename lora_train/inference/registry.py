@@ -116,6 +116,7 @@ class MultiAdapterModel:
         # or be a substring of "lora_" (PEFT then may re-initialize the weights on load), so PEFT gets its own.
         self._peft_names: dict[str, str] = {}
         self._loads = 0
+        self.evictions = 0  # adapters unloaded to make room for another (not explicit unloads)
         self.scan()
 
     @classmethod
@@ -186,6 +187,16 @@ class MultiAdapterModel:
     def names(self) -> list[str]:
         return self.scan()
 
+    def is_known(self, name: str) -> bool:
+        """A registered adapter's name (no disk access: safe for metric labels)."""
+        with self._meta:
+            return name in self._known
+
+    @property
+    def loads(self) -> int:
+        """Adapter loads since start (reloads after an eviction included)."""
+        return self._loads
+
     def resident(self) -> list[str]:
         with self._meta:
             return list(self._resident)
@@ -209,6 +220,7 @@ class MultiAdapterModel:
                             info.job.model.name_or_path, self.model_cfg.name_or_path)
             while len(self._resident) >= self.max_resident:
                 self._unload(next(iter(self._resident)))
+                self.evictions += 1
             self._loads += 1
             self._attach(f"adapter{self._loads}", folder)
             with self._meta:

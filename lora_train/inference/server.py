@@ -3,13 +3,15 @@
     lora-serve adapters_dir=adapters host=127.0.0.1 port=8000
 
 `model` in a request names an adapter (its folder name) or the base (its model name, or `base`). Concurrent requests
-are batched together across adapters by lora_train.inference.batching. Every mistake in a request is answered with a 4xx and
+share one batch across adapters: by default rows join and leave it at every decoding step
+(lora_train.inference.scheduler); `scheduler=static` runs whole batches (lora_train.inference.batching). Every mistake in a request is answered with a 4xx and
 OpenAI's error JSON; the worker keeps serving everyone else.
 """
 
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at definition time.
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -19,41 +21,26 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from lora_train.inference.batching import Batcher, Closed, QueueFull, Ticket
-from lora_train.config import typed
+from lora_train.inference.api_errors import ApiError, as_api_error, read_json
+from lora_train.inference.batching import Closed, QueueFull, Ticket
+from lora_train.inference import lifecycle
+from lora_train.inference import cards, playground
+from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
 from lora_train.inference.generation import GenRequest, chat_prompt
+from lora_train.inference.metrics import ServeMetrics
+from lora_train.inference.scheduler import build_batcher
 from lora_train.schemas.infer import ServeJob
-from lora_train.inference.registry import MultiAdapterModel, UnknownAdapter, check_name
+from lora_train.inference.registry import MultiAdapterModel, check_name
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "LORA_SERVE_API_KEY"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
-        super().__init__(message)
-        self.status, self.type, self.param, self.code = status, type_, param, code
-
-
-def as_api_error(e: BaseException) -> ApiError:
-    if isinstance(e, ApiError):
-        return e
-    if isinstance(e, UnknownAdapter):
-        return ApiError(404, str(e), param="model", code="model_not_found")
-    if isinstance(e, (UserError, ValueError)):
-        return ApiError(400, str(e))
-    if isinstance(e, QueueFull):
-        return ApiError(429, str(e), "rate_limit_error", code="queue_full")
-    if isinstance(e, (Closed, TimeoutError)):
-        return ApiError(503, str(e) or "timed out waiting for the model", "server_error")
-    return ApiError(500, f"internal error: {type(e).__name__}", "server_error")
-
-
-def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key: str | None):
+def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | None):
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.concurrency import run_in_threadpool
 
     from lora_train.inference import openai_api as oa
@@ -83,9 +70,14 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
         if api_key is None:
             return
         got = request.headers.get("authorization", "")
-        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), api_key.encode())):
+        # Constant time, and digests of equal length, so neither the key's content nor its length leaks by timing.
+        given = hashlib.sha256(got.removeprefix("Bearer ").encode()).digest()
+        if not (got.startswith("Bearer ") and hmac.compare_digest(given, expected_key)):
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                            code="invalid_api_key")
+
+    expected_key = hashlib.sha256(api_key.encode()).digest() if api_key is not None else b""
+    metrics = ServeMetrics(host, batcher)
 
     def model_of(name: str) -> str:
         try:
@@ -107,13 +99,7 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
             raise ApiError(400, str(e)) from None
 
     async def body_json(request: Request) -> dict:
-        try:
-            raw = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "malformed JSON body") from None
-        if not isinstance(raw, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        return raw
+        return await read_json(request, job.max_request_bytes)
 
     async def run_rows(prompts: list[str], model: str, params, stream: bool):
         """Queue one ticket per row; returns (events queue, requests) once every row passed its checks."""
@@ -128,13 +114,17 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
 
         reqs = []
         for i, p in enumerate(prompts):
-            r = GenRequest(p, model, params, on_text=(lambda t, i=i: post("text", i, t)) if stream else None)
+            r = GenRequest(p, model, params, on_text=(lambda t, i=i: post("text", i, t)) if stream else None,
+                           on_token=metrics.on_token(model))
             reqs.append(r)
-        try:
+
+        def submit_all():  # in a worker thread: submitting tokenizes, which must not block the event loop
             for i, r in enumerate(reqs):
                 batcher.submit(Ticket(r, on_start=lambda i=i: post("start", i),
                                       on_done=lambda res, err, i=i: post("done", i, res, err)))
-        except (QueueFull, Closed) as e:
+        try:
+            await run_in_threadpool(submit_all)
+        except (QueueFull, Closed, UserError) as e:
             for r in reqs:
                 r.cancelled.set()
             raise as_api_error(e) from None
@@ -195,7 +185,7 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
                 if chat:
                     for i in range(len(reqs)):
                         yield f"data: {json.dumps(chunk(i, first=True))}\n\n"
-                pending, done = list(held), set()
+                pending, done, finished = list(held), set(), []
                 while len(done) < len(reqs):
                     kind, i, *rest = pending.pop(0) if pending else await next_event(events, deadline, reqs)
                     if kind == "text":
@@ -207,7 +197,10 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
                             e = as_api_error(err)
                             yield f"data: {json.dumps(oa.error_body(str(e), e.type, e.param, e.code))}\n\n"
                         else:
+                            finished.append(res)
                             yield f"data: {json.dumps(chunk(i, finish=res.finish_reason))}\n\n"
+                if body.stream_options is not None and body.stream_options.include_usage:  # OpenAI's last chunk
+                    yield f"data: {json.dumps(oa.usage_chunk(chunk(0), finished))}\n\n"
                 yield "data: [DONE]\n\n"
             finally:  # the client went away (or we are done): stop generating for it
                 for r in reqs:
@@ -217,9 +210,9 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "base": host.base_name, "resident_adapters": host.resident(),
-                "queued": batcher.queue.qsize(), "batches": batcher.stats.batches, "rows": batcher.stats.rows,
-                "largest_batch": batcher.stats.largest_batch, "cancelled": batcher.stats.cancelled}
+        state = batcher.health()  # queued, running, kv_tokens, batches, rows, largest_batch, cancelled (docs/serve.md)
+        return {"status": "draining" if getattr(batcher, "_closed", False) else "ok", "base": host.base_name,
+                "resident_adapters": host.resident(), **state}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
@@ -230,23 +223,49 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
                          "parent": host.base_name, "resident": name in resident})
         return {"object": "list", "data": data}
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(request: Request):
-        body = parse(oa.CompletionBody, await body_json(request))
+    async def counted(request: Request, answer):
+        """Run a generation route, counting its answer by model and status for /metrics."""
+        raw = None
+        try:
+            raw = await body_json(request)
+            out = await answer(raw)
+        except ApiError as e:
+            metrics.count(raw.get("model") if raw else None, e.status)
+            raise
+        except Exception:
+            metrics.count(raw.get("model") if raw else None, 500)
+            raise
+        metrics.count(raw.get("model"), 200)
+        return out
+
+    async def complete_text(raw):
+        body = parse(oa.CompletionBody, raw)
         try:
             prompts = body.prompts()
         except ValueError as e:
             raise ApiError(400, str(e), param="prompt") from None
         return await respond(body, prompts, chat=False)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat_completions(request: Request):
-        body = parse(oa.ChatBody, await body_json(request))
+    async def complete_chat(raw):
+        body = parse(oa.ChatBody, raw)
         try:
             prompt = chat_prompt(body.as_messages())
         except ValueError as e:
             raise ApiError(400, str(e), param="messages") from None
         return await respond(body, [prompt], chat=True)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(request: Request):
+        return await counted(request, complete_text)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(request: Request):
+        return await counted(request, complete_chat)
+
+    @app.get("/metrics", dependencies=[Depends(authorize)])
+    async def prometheus_metrics():
+        data, content_type = metrics.render()
+        return Response(data, media_type=content_type)
 
     async def admin(request: Request, action):
         name = parse(oa.AdapterName, await body_json(request)).name
@@ -268,6 +287,8 @@ def create_app(host: MultiAdapterModel, batcher: Batcher, job: ServeJob, api_key
     async def admin_unload(request: Request):
         return await admin(request, lambda n: {"name": n, "was_resident": host.unload(n), "resident": False})
 
+    cards.mount(app, host, authorize, as_api_error)  # GET /v1/adapters/{name} (+ /loss.png): read-only cards
+    playground.mount(app, playground.enabled(job.playground, job.host))  # the page at /; CSP on every response
     return app
 
 
@@ -275,7 +296,8 @@ def run(cfg: DictConfig | ServeJob) -> None:
     """Load the base and adapters, then serve until interrupted."""
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError as e:
         raise UserError(f"lora-serve needs the server extra ({e.name} is missing): pip install 'lora-train[serve]'") from e
 
@@ -290,16 +312,16 @@ def run(cfg: DictConfig | ServeJob) -> None:
                 host.load(name)
             except UserError as e:  # one bad folder must not keep the others from being served
                 log.warning("not preloaded: %s", e)
-    batcher = Batcher(host, job.max_batch_size, job.batch_wait_ms, job.max_queue)
+    batcher = build_batcher(host, job)
     app = create_app(host, batcher, job, api_key)
     print(f"serving {host.base_name} with adapters {host.names()} on http://{job.host}:{job.port}/v1"
-          + (" (API key required)" if api_key else ""), flush=True)
-    try:
-        uvicorn.run(app, host=job.host, port=job.port, log_level=job.log_level)
-    finally:
-        batcher.close()
+          + (" (API key required)" if api_key else "")
+          + (f"; playground at http://{job.host}:{job.port}/" if playground.enabled(job.playground, job.host) else ""),
+          flush=True)
+    lifecycle.serve(app, batcher, job.host, job.port, job.log_level, job.drain_timeout_s)
 
 
+@checked_overrides("serve")  # quant.mode=... while quant is null: one line saying to write quant=...
 @hydra.main(config_path="pkg://lora_train.conf", config_name="serve", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> None:

@@ -1,7 +1,9 @@
 """The weights a merge adds to: the base checkpoint (streamed), its quantization-rounded version, and the LoRA deltas.
 
 A delta is W' - W = scale * B @ A with scale = alpha / r (alpha / sqrt(r) with rsLoRA), exactly what PEFT's LoRA
-layer adds in its forward pass; verify.py checks the merged model against PEFT itself.
+layer adds in its forward pass. A DoRA adapter also rescales each output row: W' = m * (W + scale * B @ A) / ||row||,
+with the norm taken over the weights the adapter runs on (the dequantized ones for merge.base=dequantized), as PEFT's
+DoRA layer does. verify.py checks the merged model against PEFT itself.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from lora_train.schemas import ModelConfig, QuantConfig
 from lora_train.merging.shards import checkpoint_files, iter_tensors, tensor_shapes
 
 PREFIX = "base_model.model."
-# Adapter features whose merge is not W + scale * B @ A; refused rather than merged wrongly.
-UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA bias", "layer_replication": "layer replication",
+# Adapter features whose merge is neither W + scale * B @ A nor DoRA's rescaling of it; refused rather than merged
+# wrongly.
+UNSUPPORTED = {"lora_bias": "LoRA bias", "layer_replication": "layer replication",
                "target_parameters": "target_parameters", "trainable_token_indices": "trainable tokens"}
+MAGNITUDE = ".lora_magnitude_vector"  # DoRA's per-output-row magnitude (PEFT's saved key ends with it)
 
 
 @dataclass
@@ -123,10 +127,17 @@ def lora_updates(info: AdapterInfo, tensors: dict, ckpt: BaseCheckpoint) -> dict
     model would not fit in memory at once). Every adapted module is checked against the checkpoint first; a
     mismatch names the adapter and the base."""
     pairs: dict[str, dict] = {}
+    dora = bool(info.peft_config.get("use_dora"))
     for key, t in tensors.items():
         m = _LORA_KEY.match(key)
         if m:
             pairs.setdefault(m["module"], {})[m["ab"]] = t
+            continue
+        if key.removesuffix(".weight").endswith(MAGNITUDE):
+            if not dora:
+                raise UserError(f"adapter {info.name!r}: {key} is a DoRA magnitude, but adapter_config.json does "
+                                "not set use_dora; the folder is inconsistent")
+            pairs.setdefault(key.removeprefix(PREFIX).removesuffix(".weight").removesuffix(MAGNITUDE), {})["m"] = t
             continue
         name = key.removeprefix(PREFIX)
         if "lora_" in name:
@@ -142,8 +153,9 @@ def lora_updates(info: AdapterInfo, tensors: dict, ckpt: BaseCheckpoint) -> dict
         if "replace" in ab:
             updates[module] = lambda w, t=ab["replace"]: t.float()
             continue
-        if set(ab) != {"A", "B"}:
-            raise UserError(f"adapter {info.name!r}: {module} lacks its lora_A or lora_B weight")
+        if set(ab) != ({"A", "B", "m"} if dora else {"A", "B"}):
+            raise UserError(f"adapter {info.name!r}: {module} lacks its lora_A, lora_B"
+                            f"{' or DoRA magnitude' if dora else ''} weight")
         name = module.removeprefix(PREFIX) + ".weight"
         if name not in ckpt.shapes and name.removeprefix("model.") in ckpt.shapes:
             name = name.removeprefix("model.")
@@ -158,9 +170,12 @@ def lora_updates(info: AdapterInfo, tensors: dict, ckpt: BaseCheckpoint) -> dict
                             f"{ckpt.label} (the adapter was trained for {info.base_name_or_path or 'another base'})")
         scale = lora_scale(info, module, a.shape[0])
 
-        def update(w, a=a, b=b, scale=scale):
-            d = (b.float() @ a.float()) * scale
-            return w + (d.T if transpose else d)
+        def update(w, a=a, b=b, scale=scale, m=ab.get("m")):
+            w = w.T if transpose else w  # (out, in) from here on
+            w = w + (b.float() @ a.float()) * scale
+            if m is not None:  # DoRA: each output row rescaled to its trained magnitude
+                w = w * (m.float() / w.norm(dim=1))[:, None]
+            return w.T if transpose else w
 
         updates[name] = update
     return updates

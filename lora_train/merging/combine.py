@@ -83,7 +83,7 @@ def check_request(job: MergeJob) -> list[float]:
 def check_parents(infos: list[AdapterInfo], m: Combination) -> None:
     first = infos[0]
     for info in infos:
-        for key, what in UNSUPPORTED.items():
+        for key, what in {**UNSUPPORTED, "use_dora": "DoRA"}.items():
             if info.peft_config.get(key):
                 raise UserError(f"adapter {info.name!r} uses {what}; combining it would give a wrong adapter "
                                 "(PEFT re-initialises or ignores it)")
@@ -109,7 +109,7 @@ def combine(job: MergeJob) -> Path:
 
     weights = check_request(job)
     final = Path(job.output)
-    artifacts.check_writable(final, job.overwrite)
+    artifacts.check_writable(final, job.overwrite, key="output")
     infos = [read_adapter(a, allow_pickle=job.allow_pickle) for a in job.adapters]
     if len({i.folder.resolve() for i in infos}) != len(infos):
         raise UserError(f"adapters={list(job.adapters)} lists the same folder twice; give it one larger weight")
@@ -191,6 +191,9 @@ def _write(staging: Path, first: AdapterInfo, config, state: dict, combo: dict, 
         job.lora.target_modules = sorted(config.target_modules) if not isinstance(config.target_modules, str) \
             else [config.target_modules]
         job.run_name = name
+        # The combination is a plain LoRA on the original base, whatever its parents' variants were.
+        job.lora.init, job.lora.loftq_iters, job.lora.use_dora = type(job.lora.init).default, 1, False
+        job.lora.use_rslora = bool(config.use_rslora)
         (staging / "lora_train.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
     if first.base:
         artifacts.write_json(staging / BASE_FILE, first.base)

@@ -52,7 +52,7 @@ def merge_into_model(job: MergeJob) -> Path:
     if not job.output:
         raise UserError("output=...: where to write the merged model?")
     final = Path(job.output)
-    artifacts.check_writable(final, job.overwrite)
+    artifacts.check_writable(final, job.overwrite, key="output")
     max_shard = parse_size(job.merge.max_shard_size)
     info = read_adapter(job.adapter, allow_pickle=job.allow_pickle)
     model_cfg, quant = base_of(job, info)

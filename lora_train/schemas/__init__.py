@@ -12,7 +12,7 @@ package: it imports nothing of lora_train but errors.
 
 from lora_train.schemas.data import (REFUSAL_PHRASES, SAMPLE_DATA, Curation, DataConfig, DataFormat, DedupKey,
                                      FilterStep)
-from lora_train.schemas.lora import LoraConfig
+from lora_train.schemas.lora import LoraConfig, LoraInit
 from lora_train.schemas.model import TINY_GPTJ, DType, ModelConfig, QuantConfig, QuantMode
 from lora_train.schemas.train import TrainConfig, TrainJob
 from lora_train.schemas import curate, eval, infer, merge  # noqa: F401,E402  (register the other commands' schemas)

@@ -60,7 +60,8 @@ class EvalJob:
     quant: Optional[QuantConfig] = None  # None = the quantization the adapters were trained with
     adapters: list[str] = field(default_factory=list)  # adapter folders, each a row of the table
     base: bool = True  # also evaluate the base model alone (its own row)
-    output: str = "evals"  # results.md, results.json and samples.md go here
+    output: str = "evals"  # results.md, results.json and samples.md go here (a new folder, written atomically)
+    overwrite: bool = False  # replace an existing output folder (refused otherwise, before anything loads)
     update_cards: bool = True  # write the table into each adapter's README.md (replacing an earlier one)
     seed: int = 42  # seeds lm-eval (python, numpy, torch, few-shot sampling)
     allow_pickle: bool = False  # accept adapter_model.bin (a pickle, which can run code when loaded)

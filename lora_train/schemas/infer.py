@@ -16,6 +16,11 @@ from hydra.core.config_store import ConfigStore
 from lora_train.schemas.model import ModelConfig, QuantConfig
 
 
+class Scheduler(str, Enum):
+    continuous = "continuous"  # rows join and leave the running batch at every decoding step
+    static = "static"  # one batch at a time, run until its longest row finishes (the former batcher)
+
+
 class PromptFormat(str, Enum):
     gpt4all = "gpt4all"  # prompt + "\n", exactly as lora-train formats training examples
     raw = "raw"  # the prompt text unchanged
@@ -53,8 +58,12 @@ class GenerateJob(BaseSelection):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stream: bool = True  # print tokens as they come (one completion at a time); false = batched, printed at the end
     batch_size: int = 8  # completions per forward pass when stream=false (mixed adapters in one batch)
+    scheduler: Scheduler = Scheduler.continuous  # stream=false: continuous (rows refill as others end) or static
+    max_batch_tokens: int = 16384  # continuous: KV tokens the batch may hold (rows x longest prompt + max tokens)
+    max_prefill_tokens: int = 512  # continuous: prompt tokens read per step, so long prompts do not stall others
     interactive: bool = False  # chat in the terminal with the first adapter of `adapters`
     output: Optional[str] = None  # also write {prompt, adapter, completion, finish_reason} lines to this .jsonl
+    overwrite: bool = False  # replace an existing output file (refused otherwise, before anything loads)
 
 
 @dataclass
@@ -65,13 +74,19 @@ class ServeJob(BaseSelection):
     port: int = 8000
     api_key: Optional[str] = None  # require "Authorization: Bearer <key>"; also read from $LORA_SERVE_API_KEY
     preload: bool = True  # load adapters (up to max_resident_adapters) at start, so first requests are fast
-    max_batch_size: int = 16  # requests generated together in one batch (across adapters)
-    batch_wait_ms: float = 5.0  # after the first request, wait this long for others to join its batch
+    scheduler: Scheduler = Scheduler.continuous  # continuous: rows join/leave every step; static: whole batches
+    max_batch_size: int = 16  # rows generated together (continuous: running rows at once; static: one batch)
+    batch_wait_ms: float = 5.0  # when idle, wait this long after the first request for others to join it
+    max_batch_tokens: int = 16384  # continuous: KV tokens held across running rows (rows x longest prompt+max_tokens)
+    max_prefill_tokens: int = 512  # continuous: prompt tokens read per step, so a long prompt never stalls the rest
+    max_request_bytes: int = 1_000_000  # larger request bodies are refused with 413 before they are parsed
+    drain_timeout_s: float = 30.0  # on SIGTERM: running rows get this long to finish (new requests: 503), then exit
     max_queue: int = 256  # waiting requests beyond this are answered 429
     max_tokens_limit: int = 1024  # larger max_tokens is a 400 error
     default_max_tokens: int = 128  # when a request gives no max_tokens
     request_timeout_s: float = 600.0  # a request waiting longer than this in total is answered 503
     log_level: str = "info"
+    playground: Optional[bool] = None  # the web page at /: None = on only when host is a loopback address
 
 
 def register() -> None:

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+
+class LoraInit(str, Enum):
+    """How the adapter's A and B start (lora_train/training/init.py). The residual ones change the 4-bit base the
+    adapter trains on; the adapter is saved converted to a plain LoRA on the original base (rank 2r)."""
+
+    default = "default"  # PEFT's default: Kaiming-uniform A, zero B; the base is untouched
+    gaussian = "gaussian"  # Gaussian A (std 1/r), zero B; the base is untouched
+    loftq = "loftq"  # A, B fit the quantization error: 4-bit base + adapter starts close to the full weights
+    pissa = "pissa"  # A, B = the weights' top-r singular directions; the base holds the (quantized) residual
+    olora = "olora"  # A, B = the weights' QR factors (first r); the base holds the (quantized) residual
 
 
 @dataclass
@@ -13,3 +25,9 @@ class LoraConfig:
     # PEFT module names, or ["all-linear"] for every linear layer except the output head.
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     bias: str = "none"
+    init: LoraInit = LoraInit.default  # see LoraInit; default leaves everything as it was
+    use_rslora: bool = False  # rank-stabilised scale alpha / sqrt(r) instead of alpha / r (for larger ranks)
+    use_dora: bool = False  # DoRA: a trained magnitude per output feature on top of the LoRA direction
+    # LoftQ only: rounds of quantize-then-fit. 1 keeps the 4-bit base exactly as loaded; more rounds also change the
+    # base (it becomes the quantized residual) and the adapter is saved converted to rank 2r.
+    loftq_iters: int = 1

@@ -41,6 +41,9 @@ class TrainConfig:
     packing: bool = True
     group_by_length: bool = True  # unpacked batches only: batch examples of similar length together, less padding
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # LoRA+: the B matrices learn this many times faster than the A matrices (PEFT's create_loraplus_optimizer);
+    # None = plain LoRA, one learning rate. The paper suggests 16 for a start.
+    loraplus_lr_ratio: Optional[float] = None
     # Extra trl.SFTConfig arguments passed through unchanged (anything not covered above).
     sft_args: dict[str, Any] = field(default_factory=dict)
 

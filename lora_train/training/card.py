@@ -39,6 +39,25 @@ def _step(s: dict) -> str:
     return text.replace("|", "\\|") + ")"
 
 
+def variant(lora: dict, train: dict) -> str:
+    """The LoRA variant in words, e.g. 'PiSSA initialisation, DoRA, rsLoRA scale'; 'plain LoRA' when none."""
+    init = str(lora.get("init", "default")).split(".")[-1]  # an Enum or its value
+    names = {"gaussian": "Gaussian", "loftq": "LoftQ", "pissa": "PiSSA", "olora": "OLoRA"}
+    parts = []
+    if init in names:
+        iters = lora.get("loftq_iters", 1)
+        parts.append(f"{names[init]} initialisation" + (f" ({iters} rounds)" if init == "loftq" else ""))
+    parts += [what for key, what in (("use_dora", "DoRA"), ("use_rslora", "rsLoRA scale")) if lora.get(key)]
+    if train.get("loraplus_lr_ratio"):
+        parts.append(f"LoRA+ (B learning rate x{train['loraplus_lr_ratio']:g})")
+    text = ", ".join(parts) or "plain LoRA"
+    if init in ("pissa", "olora") or (init == "loftq" and lora.get("loftq_iters", 1) > 1):
+        text += (". It was trained on a residual base (the 4-bit base changed by the initialisation) and saved "
+                 "converted to a plain LoRA of twice the rank on the original base, exact against its full-precision "
+                 "weights")
+    return text
+
+
 def render(run_name: str, config: dict, metrics: dict) -> str:
     """Markdown with a YAML header the Hub understands (library, base model, tags)."""
     model, data = config["model"], config["data"]
@@ -81,7 +100,7 @@ tags: [lora, qlora, gpt-j, gpt4all-j, lora-train]
 
 A LoRA adapter for `{base}`{f" (revision `{model['revision']}`)" if model.get("revision") else ""}, trained with
 lora-train: {config['quant']['mode']} base, LoRA r={config['lora']['r']} alpha={config['lora']['alpha']} on
-{", ".join(config['lora']['target_modules'])}. Each example is prompt + "\\n" + response + EOS, with the loss on
+{", ".join(config['lora']['target_modules'])}. Variant: {variant(config['lora'], config.get('train', {}))}. Each example is prompt + "\\n" + response + EOS, with the loss on
 the response and its EOS.
 
 ## Use

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -23,6 +24,13 @@ from lora_train.errors import UserError
 MARKER = "lora_train_complete.json"  # written (atomically) after every other file of a checkpoint is on disk
 CONFIG = "lora_train.yaml"  # the resolved config of the run that wrote the checkpoint
 _NAME = re.compile(r"checkpoint-(\d+)")
+# Test hook: LORA_TRAIN_TEST_KILL_AT=<point> makes this process SIGKILL itself at that point of a checkpoint's write
+# (no `finally` or atexit runs, as when the OOM killer or a power cut strikes), so a test can land a kill at a known
+# moment instead of hoping a timed signal does. The points, in the order a save reaches them:
+KILL_POINTS = ("checkpoint-config",  # the Trainer's files and lora_train.yaml are written; nothing is flushed yet
+               "checkpoint-marker",  # everything is flushed and the marker's temp file written; not yet renamed
+               "checkpoint-remove")  # pruning: an older checkpoint's marker is deleted, its files not yet
+KILL_AT = "LORA_TRAIN_TEST_KILL_AT"
 # Keys that may differ between a run and its resumption without changing what is trained.
 _FREE_KEYS = {"resume", "overwrite", "dry_run", "run_name", "adapters_dir", "train.report_to", "train.logging_steps",
               "train.eval_steps", "train.save_steps", "train.save_total_limit", "train.max_nonfinite_steps",
@@ -65,6 +73,11 @@ def latest(work: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _kill_point(point: str) -> None:
+    if os.environ.get(KILL_AT) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -76,6 +89,7 @@ def _fsync(path: Path) -> None:
 def mark_complete(ckpt: Path, config_yaml: str) -> None:
     """Write the run's config next to the checkpoint, flush everything to disk, then write the marker atomically."""
     (ckpt / CONFIG).write_text(config_yaml)
+    _kill_point("checkpoint-config")
     files = {}
     for f in sorted(ckpt.rglob("*")):
         if f.is_file() and f.name != MARKER:
@@ -84,6 +98,7 @@ def mark_complete(ckpt: Path, config_yaml: str) -> None:
     tmp = ckpt / f".{MARKER}.tmp"
     tmp.write_text(json.dumps({"step": step_of(ckpt), "files": files}, indent=1))
     _fsync(tmp)
+    _kill_point("checkpoint-marker")
     os.replace(tmp, ckpt / MARKER)
     _fsync(ckpt)
 
@@ -91,6 +106,7 @@ def mark_complete(ckpt: Path, config_yaml: str) -> None:
 def remove(ckpt: Path) -> None:
     """Delete a checkpoint: the marker goes first, so a deletion cut short leaves nothing that looks complete."""
     (ckpt / MARKER).unlink(missing_ok=True)
+    _kill_point("checkpoint-remove")
     shutil.rmtree(ckpt, ignore_errors=True)
 
 
@@ -117,6 +133,18 @@ def parse_resume(value) -> str | None:
     if low == "auto":
         return "auto"
     return text
+
+
+def reached_step(ckpt: Path) -> int | None:
+    """The optimizer step a checkpoint holds: from its name (checkpoint-<n>), else from its completion marker (the
+    step it was saved at), so a checkpoint that was copied or renamed resumes like the original."""
+    step = step_of(ckpt)
+    if step is None:
+        try:
+            step = json.loads((ckpt / MARKER).read_text())["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return step if isinstance(step, int) else None
 
 
 def _config_diff(ckpt: Path, job) -> list[str]:
@@ -179,11 +207,15 @@ def prepare(job) -> str | None:
             raise UserError(f"resume={mode!r}: this checkpoint is incomplete (its writing was interrupted) "
                             f"or was not written by lora-train; pick a complete one" +
                             (f", e.g. {latest(ckpt.parent)}" if latest(ckpt.parent) else ""))
+    step = reached_step(ckpt)
+    if step is None:
+        raise UserError(f"resume={mode!r}: cannot tell which step this checkpoint reached (its name is not "
+                        f"checkpoint-<step> and its {MARKER} names no step); give the checkpoint folder itself")
     diff = _config_diff(ckpt, job)
     if diff:
         raise UserError(f"resume: {ckpt} was trained with a different config, so resuming would not continue the "
                         f"same run: {'; '.join(diff)}. Use the same values, or start a new run_name")
-    newer = [p for p in existing if step_of(p) > step_of(ckpt)]
+    newer = [p for p in existing if step_of(p) > step and p.resolve() != ckpt.resolve()]
     newer_complete = [p for p in newer if is_complete(p)]
     if newer_complete and not job.overwrite:
         raise UserError(f"resume={mode!r}: {work} has newer checkpoints ({', '.join(p.name for p in newer_complete)}) "

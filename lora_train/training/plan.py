@@ -32,6 +32,24 @@ def grad_accumulation(job: TrainJob, world: int) -> int:
     return t.global_batch_size // per_step
 
 
+def check_optimizer(job: TrainJob) -> None:
+    """train.optim and train.lr_scheduler against the names transformers itself accepts (its own enums, so a new
+    transformers brings its new names): a typo fails with the choices at config time, not after the data is
+    tokenized and the model loaded."""
+    import difflib
+
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for key, value, names in [("train.optim", job.train.optim, [m.value for m in OptimizerNames]),
+                              ("train.lr_scheduler", job.train.lr_scheduler, [m.value for m in SchedulerType])]:
+        if value not in names:
+            close = difflib.get_close_matches(str(value), names, n=3)
+            raise UserError(f"{key}={value!r} is not a name transformers knows"
+                            + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                            + f"; choose one of: {', '.join(names)}")
+
+
 @dataclass
 class Plan:
     world: int

@@ -9,8 +9,12 @@ Hydra's sweepers and launchers do the work; this module only
   sweep's: SweepSummary resolves it once and Hydra copies resolved values into every job, so one sweep's adapters
   sort together),
 - leaves a small record in the job's folder under `hydra.sweep.dir`, which is readable from any launcher
-  (in-process, joblib workers or Slurm nodes), and
-- turns those records and each adapter's metrics.json into `summary.md` and `summary.csv` (SweepSummary).
+  (in-process, joblib workers or Slurm nodes),
+- keeps a job that fails with a user error (a bad value in one combination) from ending the sweep: the error is
+  recorded, the other jobs run, an Optuna trial is told as failed, and the sweep exits non-zero naming the failed
+  jobs, and
+- turns those records and each adapter's metrics.json into `summary.md` and `summary.csv` (SweepSummary), rewritten
+  after every job, so a sweep stopped half-way still has one.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ import hashlib
 import io
 import json
 import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from lora_train import artifacts
+from lora_train.errors import UserError
 
 RECORD = "lora_train_job.json"
 METRICS = ["train_loss", "eval_loss", "eval_perplexity", "global_step", "runtime_s", "trained_tokens_per_s"]
@@ -62,6 +71,25 @@ def job_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+class Failed:
+    """What a failed job hands its sweeper instead of a loss. Optuna's sweeper turns the value into a float, which
+    raises here with the job's error, so the trial is told to Optuna as failed and the study goes on."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def __float__(self) -> float:
+        raise ValueError(self.error)
+
+    def __repr__(self) -> str:
+        return f"failed: {self.error}"
+
+
+def _record(output_dir: Path, num: int, overrides: list[str], **fields) -> None:
+    record = {"num": num, "overrides": overrides, **fields}
+    artifacts.write_atomic(output_dir / RECORD, json.dumps(record, indent=2, default=str) + "\n")
+
+
 def finish_job(folder: Path | None) -> float | None:
     """The value a sweeper optimises (eval loss, or train loss without a validation split); in a multirun, also
     record where this job's adapter went, for the summary."""
@@ -71,29 +99,53 @@ def finish_job(folder: Path | None) -> float | None:
     objective = metrics.get("eval_loss", metrics.get("train_loss"))
     if in_multirun():
         hc = HydraConfig.get()
-        record = {"num": hc.job.num, "overrides": list(hc.overrides.task), "adapter": str(folder),
-                  "objective": objective}
-        (Path(hc.runtime.output_dir) / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        _record(Path(hc.runtime.output_dir), hc.job.num, list(hc.overrides.task), status="ok", adapter=str(folder),
+                objective=objective)
     return objective
 
 
+def run_job(run: Callable[[DictConfig], Path | None], cfg: DictConfig) -> float | Failed | None:
+    """One job: `run` on the job's config, and what its sweeper optimises. Outside a multirun a UserError goes up (one
+    line on stderr, exit 2); inside one it fails this job only: recorded for the summary, printed with the job's
+    number and settings, and returned as Failed, while the sweep goes on with the next job."""
+    if not in_multirun():
+        return finish_job(run(job_config(cfg)))
+    hc = HydraConfig.get()
+    num, overrides = hc.job.num, list(hc.overrides.task)
+    try:
+        return finish_job(run(job_config(cfg)))
+    except UserError as e:
+        _record(Path(hc.runtime.output_dir), num, overrides, status="failed", error=str(e))
+        print(f"error: job {num} ({' '.join(overrides) or 'no overrides'}): {e}", file=sys.stderr, flush=True)
+        return Failed(str(e))
+
+
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished job: its settings, then its metrics."""
+    """One row per job that ended: its status, its settings, then its metrics (or its error)."""
     rows = []
     for path in sweep_dir.rglob(RECORD):
         record = json.loads(path.read_text())
-        metrics_file = Path(record["adapter"]) / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        rows.append({"job": record["num"], **settings(record["overrides"]),
-                     **{k: metrics.get(k) for k in METRICS}, "adapter": record["adapter"]})
+        row = {"job": record["num"], "status": record.get("status", "ok"), **settings(record["overrides"])}
+        if row["status"] == "ok":
+            metrics_file = Path(record["adapter"]) / "metrics.json"
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+            row.update({k: metrics.get(k) for k in METRICS}, adapter=record["adapter"])
+        else:
+            row["error"] = record.get("error", "")
+        rows.append(row)
     return sorted(rows, key=lambda r: r["job"])
 
 
+def failed(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] != "ok"]
+
+
 def _columns(rows: list[dict]) -> list[str]:
-    cols: list[str] = []
+    cols: list[str] = ["job", "status"]
     for row in rows:
         cols += [k for k in row if k not in cols]
-    tail = [*METRICS, "adapter"]  # settings first, metrics and the folder last, whatever order jobs came in
+    # settings first, metrics and the folder (or the error) last, whatever order jobs came in
+    tail = [*METRICS, "adapter"] + (["error"] if "error" in cols else [])
     return [c for c in cols if c not in tail] + tail
 
 
@@ -102,12 +154,12 @@ def _cell(v) -> str:
         return ""
     if isinstance(v, float):
         return f"{v:.5g}"
-    return str(v)
+    return " ".join(str(v).split()).replace("|", "\\|")  # one table cell: no line breaks, no column separators
 
 
 def markdown(rows: list[dict], cols: list[str]) -> str:
     """The table a person reads: settings shared by every run are stated once above it, not repeated per row."""
-    shared = {c: rows[0].get(c) for c in cols if c not in METRICS and c not in ("job", "adapter")
+    shared = {c: rows[0].get(c) for c in cols if c not in METRICS and c not in ("job", "status", "adapter", "error")
               and len(rows) > 1 and len({str(r.get(c)) for r in rows}) == 1}
     cols = [c for c in cols if c not in shared]
     lines = [f"settings of every run: {', '.join(f'{k}={v}' for k, v in shared.items())}", ""] if shared else []
@@ -118,23 +170,29 @@ def markdown(rows: list[dict], cols: list[str]) -> str:
     if scored:
         best = min(scored, key=lambda r: r["eval_loss"])
         lines += ["", f"best eval loss: job {best['job']}, {best['eval_loss']:.4f}, {best['adapter']}"]
+    if failed(rows):
+        jobs = ", ".join(str(r["job"]) for r in failed(rows))
+        lines += ["", f"failed: {len(failed(rows))} of {len(rows)} jobs (job {jobs}); their errors are in the table"]
     return "\n".join(lines) + "\n"
 
 
 def write_summary(sweep_dir: Path) -> tuple[Path, Path] | None:
-    """summary.md and summary.csv in the sweep folder; None when no job finished."""
+    """summary.md and summary.csv in the sweep folder (each replaced whole); None when no job has ended."""
     rows = collect(sweep_dir)
     if not rows:
         return None
     cols = _columns(rows)
     md = sweep_dir / "summary.md"
-    md.write_text(markdown(rows, cols))
+    artifacts.write_atomic(md, markdown(rows, cols))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols)
     writer.writeheader()
     writer.writerows(rows)
-    (sweep_csv := sweep_dir / "summary.csv").write_text(buf.getvalue())
+    artifacts.write_atomic(sweep_csv := sweep_dir / "summary.csv", buf.getvalue())
     return md, sweep_csv
+
+
+SKIP = ("job", "status", "error")  # columns that are not a job's settings
 
 
 class SweepSummary(Callback):
@@ -145,6 +203,16 @@ class SweepSummary(Callback):
         # config, so all jobs of one sweep share one timestamp (whatever hydra.sweep.dir is set to).
         str(config.run_name)
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        # A job that raised something other than a user error (a bug, out of memory) left no record: note it, so the
+        # summary lists it even when the sweeper then stops the sweep.
+        out = Path(str(config.hydra.runtime.output_dir))
+        if job_return.status == JobStatus.FAILED and not (out / RECORD).is_file():
+            error = job_return._return_value  # JobReturn.return_value would raise it
+            _record(out, config.hydra.job.num, list(config.hydra.overrides.task), status="failed",
+                    error=f"{type(error).__name__}: {error}")
+        write_summary(Path(str(config.hydra.sweep.dir)))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         written = write_summary(Path(str(config.hydra.sweep.dir)))
         if written is None:
@@ -152,3 +220,11 @@ class SweepSummary(Callback):
             return
         md, csv_path = written
         print(f"\nsweep summary ({md}, {csv_path}):\n\n{md.read_text()}", flush=True)
+        rows = collect(Path(str(config.hydra.sweep.dir)))
+        if failed(rows):  # the sweep as a whole did not do what was asked: a non-zero status, naming what failed
+            varying = [c for c in _columns(rows) if c not in SKIP and c not in METRICS and c != "adapter"
+                       and (len(rows) == 1 or len({str(r.get(c)) for r in rows}) > 1)]
+            listed = "; ".join(f"job {r['job']} ({','.join(f'{k}={r.get(k)}' for k in varying)}): {r['error']}"
+                               for r in failed(rows))
+            print(f"error: {len(failed(rows))} of {len(rows)} sweep jobs failed: {listed}", file=sys.stderr, flush=True)
+            sys.exit(1)

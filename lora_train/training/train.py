@@ -28,6 +28,8 @@ from lora_train.training import distributed
 from lora_train.training import plan
 
 from lora_train.training import sweep
+
+from lora_train.training import init as lora_init
 from lora_train.adapters import BASE_FILE, base_summary
 from lora_train.data.build import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.config import typed
@@ -68,6 +70,10 @@ def check_job(job: TrainJob) -> None:
             raise UserError(f"{key}={value!r} is out of range")
     if not (isinstance(t.gradient_checkpointing, bool) or t.gradient_checkpointing == "auto"):
         raise UserError(f"train.gradient_checkpointing={t.gradient_checkpointing!r}: use true, false or auto")
+    plan.check_optimizer(job)  # train.optim, train.lr_scheduler: names transformers accepts
+    from lora_train.model import shards_weights
+
+    lora_init.check(lo, job.quant, t.loraplus_lr_ratio, shards_weights())  # lora.init, use_dora, LoRA+
 
 
 def mixed_precision(job: TrainJob) -> dict:
@@ -77,10 +83,13 @@ def mixed_precision(job: TrainJob) -> dict:
 
 
 def _checkpointing(on: bool) -> dict:
-    """transformers renamed gradient_checkpointing to activation_checkpointing; use whichever this version has."""
+    """transformers renamed gradient_checkpointing to activation_checkpointing; use whichever this version has
+    (tests/test_dependencies.py fails when neither field exists)."""
+    import dataclasses
+
     from trl import SFTConfig
 
-    if "activation_checkpointing" in SFTConfig.__dataclass_fields__:
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}:
         return {"activation_checkpointing": on, "gradient_checkpointing": None}
     return {"gradient_checkpointing": on}
 
@@ -211,6 +220,10 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     for param in trainer.model.parameters():
         if param.requires_grad:
             param.data = param.data.float()
+    # LoftQ / PiSSA / OLoRA (None for PEFT's own inits); the optimizer does not exist yet, so it sees the new values.
+    initial = lora_init.initialise(trainer.model, job.lora, model_path, job.model.revision)
+    if job.train.loraplus_lr_ratio is not None:
+        trainer.optimizer = lora_init.loraplus_optimizer(trainer, job.train.loraplus_lr_ratio)
     check_eos_trained(trainer.data_collator, train_ds, tokenizer.eos_token_id)
     p.trainable_params, p.total_params = (lambda t, a: (t, a - t))(*trainer.model.get_nb_trainable_parameters())
     if trainer.is_world_process_zero():
@@ -227,6 +240,8 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     staging = artifacts.staging_dir(final)
     try:
         trainer.model.save_pretrained(staging, state_dict=adapter_state)
+        if initial is not None and initial.converts:  # trained on a residual base: saved for the original base
+            lora_init.convert(staging, initial)
         tokenizer.save_pretrained(staging)
         (staging / "lora_train.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(job)))
         artifacts.write_json(staging / BASE_FILE, {**base_summary(base.config), "name_or_path": job.model.name_or_path,
@@ -272,8 +287,9 @@ def _dry_run(job: TrainJob, p: plan.Plan, model_path: str) -> None:
 @hydra.main(config_path="pkg://lora_train.conf", config_name="train", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> float | None:
-    # Under -m each job gets its own run_name, and returns its eval loss for sweepers such as Optuna to minimise.
-    return sweep.finish_job(run(sweep.job_config(cfg)))
+    # Under -m each job gets its own run_name, and returns its eval loss for sweepers such as Optuna to minimise; a
+    # job failing with a user error is recorded as failed and the sweep goes on (lora_train/training/sweep.py).
+    return sweep.run_job(run, cfg)
 
 
 if __name__ == "__main__":

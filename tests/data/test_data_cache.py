@@ -78,3 +78,24 @@ def test_off_and_unpinned_hub_data_are_not_cached(tmp_path, tokenizer, cache):
     assert build_datasets(cfg, tokenizer, seed=0)[2].cache is None and not cache.exists()
     assert data_cache.key(DataConfig(source="org/some-dataset"), tokenizer) is None
     assert data_cache.key(DataConfig(source="org/some-dataset", revision="v1"), tokenizer) is not None
+
+
+def test_a_change_to_the_code_that_builds_examples_misses(tmp_path, tokenizer, cache, monkeypatch):
+    hashed = {p.name for p in data_cache.code_files()}
+    # every module that reads, converts, curates or tokenizes rows, and the schema holding defaults and refusal phrases
+    assert {"sources.py", "formats.py", "filters.py", "dedup.py", "examples.py", "build.py", "data.py"} <= hashed
+    # Stand-in copies of those files: editing one is what a code change, an upgrade or a git checkout does.
+    code = tmp_path / "code"
+    code.mkdir()
+    copies = []
+    for f in data_cache.code_files():
+        copies.append(code / f"{f.parent.name}-{f.name}")
+        copies[-1].write_bytes(f.read_bytes())
+    monkeypatch.setattr(data_cache, "code_files", lambda: copies)
+    cfg = DataConfig(source=str(write_rows(tmp_path / "rows.jsonl", 20)), max_length=64)
+    assert build_datasets(cfg, tokenizer, seed=0)[2].cache.startswith("stored ")
+    assert build_datasets(cfg, tokenizer, seed=0)[2].cache.startswith("reused ")
+    examples_py = next(p for p in copies if p.name == "data-examples.py")
+    examples_py.write_text(examples_py.read_text() + "\n# a changed template rule\n")
+    assert build_datasets(cfg, tokenizer, seed=0)[2].cache.startswith("stored ")
+    assert len(list(cache.iterdir())) == 2

@@ -60,7 +60,47 @@ def test_bad_rows_in_every_format_are_skipped_with_file_and_line(tmp_path):
     reasons = "\n".join(report.skipped_examples)
     assert f"{big}:1: row larger than data.max_row_bytes=1000" in reasons
     assert f"{csv_f}:3: not UTF-8" in reasons and f"{csv_f}:4: more fields" in reasons
-    assert f"{arr}:4: malformed JSON" in reasons and f"{fake}:1: not a Parquet file" in reasons
+    assert f"{arr}:4: malformed JSON" in reasons and f"{fake}: not a Parquet file" in reasons
+
+
+def test_row_locations_name_one_row_in_every_format(tmp_path):
+    # A whole JSON array on one line: each element is located by its index, so a duplicate names both rows.
+    arr = tmp_path / "sharegpt.json"
+    arr.write_text(json.dumps([ROWS[0], ROWS[1], ROWS[0]]))
+    rows, report = read_rows(DataConfig(source=str(arr), filters=[FilterStep.dedup]))
+    assert [r["where"] for r in rows] == [f"{arr}[0]", f"{arr}[1]"]
+    assert report.steps[0].examples == [f"{arr}[2]: exact duplicate of {arr}[0]"]
+    # Parquet rows by their index, counted across row groups; CSV rows by the line they start on, quoted
+    # line breaks included.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "rows.parquet", row_group_size=3)
+    rows, _ = read_rows(DataConfig(source=str(tmp_path / "rows.parquet")))
+    assert [r["where"] for r in rows] == [f"{tmp_path / 'rows.parquet'}[{i}]" for i in range(4)]
+    (tmp_path / "rows.csv").write_text('prompt,response\n"q\n0","a\n0"\nq1,a1\n')
+    rows, _ = read_rows(DataConfig(source=str(tmp_path / "rows.csv")))
+    assert [r["where"] for r in rows] == [f"{tmp_path / 'rows.csv'}:2", f"{tmp_path / 'rows.csv'}:5"]
+
+
+def test_parquet_damaged_after_its_first_batch_keeps_the_rows_before_and_reports_the_rest(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    many = [{"prompt": f"question {i} " * 3, "response": f"answer {i} " * 5} for i in range(3000)]
+    pq.write_table(pa.Table.from_pylist(many), path, row_group_size=1500)
+    column = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + 30:start + 200] = b"\xab" * 170  # the second row group's compressed pages, damaged
+    path.write_bytes(bytes(data))
+    rows, report = read_rows(DataConfig(source=str(path)))
+    assert len(rows) == 1500 and rows[-1]["where"] == f"{path}[1499]"
+    assert report.rows_skipped == 1
+    assert report.skipped_examples[0].startswith(f"{path}[1500]: corrupt Parquet data in row group 1")
+    with pytest.raises(UserError, match=rf"{path}\[1500\]: corrupt Parquet data"):
+        read_rows(DataConfig(source=str(path), strict=True))
 
 
 def test_strict_names_the_first_bad_row(tmp_path):

@@ -46,3 +46,45 @@ def cli(*args: str, cwd: Path, input: str | None = None, timeout: int = 600) -> 
     exe = Path(sys.executable).with_name(args[0])
     return subprocess.run([str(exe), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           input=input, env=dict(os.environ))
+
+
+def fit_adapter(folder: Path, like: Path, prompt: str, target: str, max_steps: int = 600) -> int:
+    """An adapter that answers `prompt` (as one chat turn) with exactly `target`, greedily, on the base `like` was
+    trained on, loaded the way the server loads it. Made by gradient descent on that one example until greedy
+    decoding gives the target (a real adapter, not edited weights); returns the steps it took. lora_train.yaml is
+    copied from `like`, so servers infer the same base from it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lora_train.adapters import read_adapter
+    from lora_train.inference.generation import chat_prompt
+    from lora_train.model import load_base, load_tokenizer, resolve_model
+
+    job = read_adapter(like).job
+    path = resolve_model(job.model)
+    tok = load_tokenizer(path, job.model)
+    model = get_peft_model(load_base(path, job.model, job.quant),
+                           LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                      target_modules=["q_proj", "v_proj", "out_proj", "fc_in", "fc_out"]))
+    prompt_ids = tok(chat_prompt([{"role": "user", "content": prompt}]))["input_ids"]
+    target_ids = tok(target)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([prompt_ids + target_ids])
+    labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    torch.manual_seed(0)
+    for step in range(1, max_steps + 1):
+        model.train()
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if step % 10 == 0:
+            model.eval()
+            with torch.no_grad():
+                out = model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=len(target_ids) + 2,
+                                     do_sample=False, pad_token_id=tok.pad_token_id)
+            if tok.decode(out[0, len(prompt_ids):], skip_special_tokens=True) == target:
+                model.save_pretrained(folder)
+                shutil.copy(like / "lora_train.yaml", folder / "lora_train.yaml")
+                return step
+    raise AssertionError(f"no adapter answering {target!r} after {max_steps} steps (last loss {loss.item():.3f})")

@@ -4,10 +4,12 @@ stop strings, streaming, and the `lora-generate` command."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 
 import pytest
+from hydra.errors import ConfigCompositionException
 from inference_helpers import cli, escaping_links, foreign_adapter, train_two
 
 from lora_train import UserError, compose
@@ -202,9 +204,15 @@ def test_configs_compose_and_reject_bad_values():
     assert job.quant.mode.value == "none" and job.model is None and job.port == 9000
     gen = compose("generate", ["adapters=[alpha,base]", "sampling.temperature=0.7", "sampling.stop=[END]"])
     assert list(gen.adapters) == ["alpha", "base"] and gen.sampling.stop == ["END"]
-    for bad in [["port=abc"], ["nope=1"], ["format=markdown"]]:
-        with pytest.raises(Exception, match=bad[0].split("=")[0]):
-            compose("serve" if "port" in bad[0] else "generate", bad)
+    for command, bad, error, reason in [
+        ("serve", "port=abc", "Error merging override port=abc", "could not be converted to Integer"),
+        ("generate", "nope=1", "Could not override 'nope'", None),
+        ("generate", "format=markdown", "Error merging override format=markdown",
+         "Invalid value 'markdown', expected one of [gpt4all, raw]"),
+    ]:
+        with pytest.raises(ConfigCompositionException, match=re.escape(error)) as err:
+            compose(command, [bad])
+        assert reason is None or reason in str(err.value.__cause__)
 
 
 def test_lora_generate_cli_streams_side_by_side(adapters, host, tmp_path):

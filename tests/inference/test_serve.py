@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 from inference_helpers import cli, foreign_adapter, train_two
 
-openai = pytest.importorskip("openai")
+from conftest import need_module
+
+need_module("fastapi", "serve"), need_module("uvicorn", "serve")  # lora-serve itself
+openai = need_module("openai", "dev")  # the client the tests drive it with
 
 KEY = "test-key"
 PROMPTS = ["Tell me a joke about cats", "What is the capital of France?"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from lora_train.training import sweep
 
-from conftest import run_cli
+from conftest import need_module, run_cli
 
 # One optimizer step on 32 short rows: each run of a sweep takes seconds.
 TINY = ["experiment=debug", "data.max_rows=40", "data.max_length=32", "data.val_fraction=0.1",
@@ -57,7 +58,7 @@ def test_grid_sweep_trains_every_combination_into_its_own_folder_and_summarises(
 
 
 def test_optuna_preset_minimises_the_eval_loss_each_run_returns(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    need_module("hydra_plugins.hydra_optuna_sweeper", "sweep")
     proc = run_cli("lora-train", "-m", "sweep=optuna", *TINY, "hydra.sweeper.n_trials=1",
                    "hydra.sweeper.params={lora.r: 'choice(4, 8)', train.learning_rate: 'interval(1e-4, 1e-2)'}",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=400)
@@ -68,6 +69,54 @@ def test_optuna_preset_minimises_the_eval_loss_each_run_returns(tmp_path):
     assert best["best_value"] == pytest.approx(float(rows[0]["eval_loss"]))  # what the run returned
 
 
+def test_a_job_failing_with_a_user_error_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # lora.r=0 is refused before anything loads (a user error, exit status 2 on its own); lora.r=8 trains.
+    proc = run_cli("lora-train", "-m", *TINY, "lora.r=0,8", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+                   timeout=400)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^error: job 0 \(experiment=debug .*lora\.r=0\): lora\.r=0 is out of range$", proc.stderr, re.M)
+    assert "error: 1 of 2 sweep jobs failed: job 0 (lora.r=0): lora.r=0 is out of range" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (adapter,) = (tmp_path / "adapters").iterdir()  # the other job ran
+    assert yaml.safe_load((adapter / "lora_train.yaml").read_text())["lora"]["r"] == 8
+    failed, ok = summary_rows(tmp_path / "sweep")
+    assert (failed["job"], failed["status"], failed["lora.r"]) == ("0", "failed", "0")
+    assert failed["error"] == "lora.r=0 is out of range" and not failed["adapter"]
+    assert (ok["job"], ok["status"], ok["lora.r"], ok["error"]) == ("1", "ok", "8", "")
+    assert float(ok["eval_loss"]) > 0 and (tmp_path / ok["adapter"] / "adapter_model.safetensors").is_file()
+    md = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| 0 | failed | 0 |" in md and "failed: 1 of 2 jobs (job 0)" in md and "best eval loss: job 1" in md
+
+
+def test_optuna_tells_a_failed_trial_as_failed_and_goes_on(tmp_path):
+    need_module("hydra_plugins.hydra_optuna_sweeper", "sweep")
+    # The preset's seeded TPE sampler draws lora.r=8 for the first trial and lora.r=0 for the second.
+    proc = run_cli("lora-train", "-m", "sweep=optuna", *TINY, "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.params={lora.r: 'choice(0, 8)'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   cwd=tmp_path, timeout=400)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = summary_rows(tmp_path / "sweep")
+    assert {(r["lora.r"], r["status"]) for r in rows} == {("8", "ok"), ("0", "failed")}
+    assert "Failed experiment: Return value must be float-castable. Got 'failed: lora.r=0 is out of range'" in \
+        proc.stdout + proc.stderr  # Optuna's sweeper told the trial as failed, with the job's error
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    ok = next(r for r in rows if r["status"] == "ok")
+    assert best["best_params"] == {"lora.r": 8} and best["best_value"] == pytest.approx(float(ok["eval_loss"]))
+
+
+def test_summary_of_jobs_that_ended_differently():
+    rows = [{"job": 0, "status": "failed", "lora.r": "0", "error": "lora.r=0 is out of range | see\nthe docs"},
+            {"job": 1, "status": "ok", "lora.r": "8", "eval_loss": 2.5, "adapter": "adapters/x"}]
+    cols = sweep._columns(rows)
+    assert cols[:3] == ["job", "status", "lora.r"] and cols[-2:] == ["adapter", "error"]
+    md = sweep.markdown(rows, cols)
+    assert "| lora.r=0 is out of range \\| see the docs |" in md  # one cell: no line break, no column split
+    assert md.rstrip().endswith("failed: 1 of 2 jobs (job 0); their errors are in the table")
+    # A Failed value is what Optuna's sweeper converts: it raises with the job's error.
+    with pytest.raises(ValueError, match="out of range"):
+        float(sweep.Failed("lora.r=0 is out of range"))
+
+
 def compose_hydra(*overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_module("lora_train.conf", version_base="1.3"):
@@ -75,7 +124,7 @@ def compose_hydra(*overrides: str):
 
 
 def test_optuna_preset_composes_a_minimising_study():
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    need_module("hydra_plugins.hydra_optuna_sweeper", "sweep")
     cfg = compose_hydra("sweep=optuna", "experiment=gpt4all_j_lora_6b")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert str(cfg.hydra.sweeper.direction).endswith("minimize")
@@ -83,7 +132,7 @@ def test_optuna_preset_composes_a_minimising_study():
 
 
 def test_slurm_preset_composes_one_gpu_jobs():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    need_module("hydra_plugins.hydra_submitit_launcher", "slurm")
     cfg = compose_hydra("launcher=slurm", "experiment=gpt4all_j_lora_6b", "hydra.launcher.partition=gpu")
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")

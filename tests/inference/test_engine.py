@@ -1,0 +1,240 @@
+"""The continuous-batching engine (lora_train.inference.engine / scheduler) on the tiny 4-bit GPT-J with two trained
+adapters whose greedy outputs differ from the base and from each other: the same tokens alone, in a static batch and
+joining a running batch mid-way; seeded sampling wherever it runs; chunked prefill that keeps decoding rows moving;
+cancellation; the KV budget; fair admission across adapters; adapters evicted while their requests wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from serving_helpers import adapters_copy
+
+from lora_train import UserError
+from lora_train.inference.batching import Ticket
+from lora_train.inference.generate import complete
+from lora_train.inference.generation import GenParams, GenRequest, format_prompt, generate
+from lora_train.inference.registry import MultiAdapterModel
+from lora_train.inference.scheduler import ContinuousBatcher
+from lora_train.schemas.infer import GenerateJob, Scheduler, ServeJob
+
+PROMPTS = ["Tell me a joke about cats", "What is the capital of France?", "Write a haiku", "Hi",
+           "Explain the theory of relativity in simple words please"]
+ADAPTERS = ["alpha", "beta", "base", "alpha", "beta"]
+LENGTHS = [40, 5, 9, 16, 20]
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, model_cache):
+    return MultiAdapterModel.from_config(ServeJob(adapters_dir=str(adapters_copy(tmp_path_factory))))
+
+
+class Waiter:
+    """Submits requests to a batcher and collects what each one's callbacks saw."""
+
+    def __init__(self, batcher):
+        self.batcher = batcher
+        self.results, self.errors, self.order = {}, {}, []
+        self.tokens: dict[int, int] = {}
+        self.events: dict[int, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def submit(self, key, request: GenRequest) -> GenRequest:
+        self.events[key] = threading.Event()
+        self.tokens[key] = 0
+        outer = request.on_token
+
+        def on_token():
+            self.tokens[key] += 1
+            if outer:
+                outer()
+
+        def on_done(res, err):
+            with self.lock:
+                self.results[key], self.errors[key] = res, err
+                self.order.append(key)
+            self.events[key].set()
+        request.on_token = on_token
+        self.batcher.submit(Ticket(request, on_done=on_done))
+        return request
+
+    def wait(self, timeout=300):
+        assert all(e.wait(timeout) for e in self.events.values()), "requests did not finish"
+        return self
+
+
+def requests(params=None):
+    return [GenRequest(format_prompt(p), a, params or GenParams(max_new_tokens=n))
+            for p, a, n in zip(PROMPTS, ADAPTERS, LENGTHS)]
+
+
+def same(a, b) -> bool:
+    return (a.text, a.finish_reason, a.completion_tokens) == (b.text, b.finish_reason, b.completion_tokens)
+
+
+def test_greedy_tokens_equal_alone_in_a_static_batch_and_joining_midway(host):
+    alone = [generate(host, [r])[0] for r in requests()]
+    assert len({alone[0].text, alone[1].text, alone[2].text}) == 3  # alpha, beta and the base answer differently
+    static = generate(host, requests())
+    assert all(same(a, s) for a, s in zip(alone, static))
+    for prefill in [512, 3]:  # the prompt read whole, and in chunks of 3 tokens
+        batcher = ContinuousBatcher(host, max_batch_size=8, wait_ms=0, max_prefill_tokens=prefill)
+        try:
+            w = Waiter(batcher)
+            reqs = requests()
+            w.submit(0, reqs[0])
+            while w.tokens[0] < 3:  # the first row is decoding...
+                time.sleep(0.005)
+            assert not w.events[0].is_set()
+            for i in range(1, 5):  # ...when the others (other adapters, the base) join it
+                w.submit(i, reqs[i])
+            w.wait()
+            assert all(same(alone[i], w.results[i]) for i in range(5)), (prefill, [w.results[i] for i in range(5)])
+            assert batcher.stats.largest_batch >= 3 and batcher.running() == 0 and batcher.kv_tokens() == 0
+        finally:
+            batcher.close()
+
+
+def test_seeded_sampling_gives_the_same_text_wherever_it_runs(host):
+    sampled = GenParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=7)
+    alone = generate(host, [GenRequest(format_prompt("Hi"), "alpha", sampled)])[0].text
+    in_static = generate(host, requests()[:2] + [GenRequest(format_prompt("Hi"), "alpha", sampled)])[2].text
+    batcher = ContinuousBatcher(host, max_batch_size=8, wait_ms=0)
+    try:
+        w = Waiter(batcher)
+        w.submit("long", GenRequest(format_prompt(PROMPTS[4]), "beta", GenParams(max_new_tokens=30, temperature=1.0)))
+        while w.tokens["long"] < 4:
+            time.sleep(0.005)
+        w.submit("seeded", GenRequest(format_prompt("Hi"), "alpha", sampled))
+        w.wait()
+    finally:
+        batcher.close()
+    assert alone == in_static == w.results["seeded"].text
+    other = GenParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=8)
+    assert generate(host, [GenRequest(format_prompt("Hi"), "alpha", other)])[0].text != alone
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(host):
+    long_prompt = format_prompt(" ".join(["the cat sat on the mat"] * 40))
+    n_prompt = len(host.tokenizer(long_prompt, add_special_tokens=False)["input_ids"])
+    assert n_prompt > 150
+    alone = generate(host, [GenRequest(long_prompt, "beta", GenParams(max_new_tokens=4))])[0]
+    seen = {}
+    for prefill in [8, 4096]:
+        batcher = ContinuousBatcher(host, max_batch_size=4, wait_ms=0, max_prefill_tokens=prefill)
+        try:
+            w = Waiter(batcher)
+            runner = w.submit("runner", GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=200)))
+            while w.tokens["runner"] < 2:
+                time.sleep(0.005)
+            before = w.tokens["runner"]  # the runner's tokens until the long prompt's first token:
+            w.submit("long", GenRequest(long_prompt, "beta", GenParams(max_new_tokens=4),
+                                        on_token=lambda p=prefill: seen.setdefault(p, w.tokens["runner"] - before)))
+            assert w.events["long"].wait(300)
+            runner.cancelled.set()
+            w.wait()
+        finally:
+            batcher.close()
+        assert same(w.results["long"], alone)
+    # Read 8 tokens a step, the long prompt took ~n_prompt/8 steps, and the running row got a token at every one;
+    # read whole, it joined within a step or two.
+    assert seen[8] >= n_prompt // 8 - 2 and seen[4096] <= 2, (seen, n_prompt)
+
+
+def test_cancelled_row_leaves_at_the_next_step(host):
+    batcher = ContinuousBatcher(host, max_batch_size=4, wait_ms=0)
+    try:
+        w = Waiter(batcher)
+        doomed = w.submit("doomed", GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=1000)))
+        w.submit("other", GenRequest(format_prompt(PROMPTS[1]), "beta", GenParams(max_new_tokens=12)))
+        while w.tokens["doomed"] < 3:
+            time.sleep(0.005)
+        doomed.cancelled.set()
+        at_cancel = w.tokens["doomed"]
+        w.wait()
+        assert w.results["doomed"].finish_reason == "cancelled" and w.tokens["doomed"] <= at_cancel + 1
+        assert same(w.results["other"], generate(host, [GenRequest(format_prompt(PROMPTS[1]), "beta",
+                                                                   GenParams(max_new_tokens=12))])[0])
+        assert batcher.running() == 0 and batcher.queued() == 0 and batcher.health()["cancelled"] == 1
+    finally:
+        batcher.close()
+
+
+def test_kv_budget_bounds_the_batch_and_refuses_what_can_never_fit(host):
+    batcher = ContinuousBatcher(host, max_batch_size=8, wait_ms=0, max_batch_tokens=64)
+    try:
+        with pytest.raises(UserError, match="max_batch_tokens=64"):
+            batcher.submit(Ticket(GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=80))))
+        w = Waiter(batcher)
+        reqs = [GenRequest(format_prompt(p), "beta", GenParams(max_new_tokens=20)) for p in PROMPTS[:4]]
+        need = max(len(host.tokenizer(r.prompt)["input_ids"]) for r in reqs) + 20
+        for i, r in enumerate(reqs):
+            w.submit(i, r)
+        w.wait()
+        assert batcher.stats.largest_batch == 64 // need >= 1  # waited until they fit, never more at once
+        for i, r in enumerate(reqs):
+            alone = generate(host, [GenRequest(r.prompt, "beta", GenParams(max_new_tokens=20))])[0]
+            assert same(w.results[i], alone)
+    finally:
+        batcher.close()
+
+
+def test_a_flood_for_one_adapter_does_not_starve_another(host):
+    batcher = ContinuousBatcher(host, max_batch_size=1, wait_ms=0)
+    try:
+        w = Waiter(batcher)
+        for i in range(12):
+            w.submit(f"alpha{i}", GenRequest(format_prompt(PROMPTS[i % 4]), "alpha", GenParams(max_new_tokens=3)))
+        w.submit("beta", GenRequest(format_prompt("Hi"), "beta", GenParams(max_new_tokens=3)))
+        w.wait()
+        assert w.order.index("beta") <= 2, w.order  # round-robin over adapters; in arrival order it would be last
+    finally:
+        batcher.close()
+
+
+def test_adapters_stay_resident_for_their_rows_and_reload_after_eviction(host):
+    want = {a: generate(host, [GenRequest(format_prompt(PROMPTS[0]), a, GenParams(max_new_tokens=10))])[0]
+            for a in ["alpha", "beta"]}
+    host.max_resident = 1  # alpha and beta cannot both be resident: their rows must not share a batch
+    evictions = host.evictions
+    batcher = ContinuousBatcher(host, max_batch_size=8, wait_ms=0)
+    try:
+        w = Waiter(batcher)
+        for i in range(6):
+            w.submit(i, GenRequest(format_prompt(PROMPTS[0]), ["alpha", "beta"][i % 2], GenParams(max_new_tokens=10)))
+        host.unload("alpha")  # evicted by an operator while its requests wait
+        w.wait()
+        for i in range(6):
+            assert w.errors[i] is None and same(w.results[i], want[["alpha", "beta"][i % 2]])
+        assert host.evictions > evictions
+    finally:
+        batcher.close()
+        host.max_resident = 8
+
+
+def test_bad_requests_are_refused_when_submitted_and_others_still_run(host):
+    batcher = ContinuousBatcher(host, max_batch_size=4, wait_ms=0)
+    try:
+        with pytest.raises(UserError, match="empty"):
+            batcher.submit(Ticket(GenRequest("   ", "alpha")))
+        with pytest.raises(UserError, match="context"):
+            batcher.submit(Ticket(GenRequest("word " * 3000, "alpha", GenParams(max_new_tokens=4))))
+        w = Waiter(batcher)
+        w.submit("nope", GenRequest(format_prompt("Hi"), "nope", GenParams(max_new_tokens=4)))
+        w.submit("ok", GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=4)))
+        w.wait()
+        assert "does not exist" in str(w.errors["nope"]) and w.results["ok"].completion_tokens == 4
+    finally:
+        batcher.close()
+
+
+def test_lora_generate_batches_continuously_with_the_same_completions(host):
+    prompts = PROMPTS[:3]
+    params = GenParams(max_new_tokens=10)
+    records = {}
+    for scheduler in Scheduler:
+        job = GenerateJob(stream=False, batch_size=2, scheduler=scheduler)
+        records[scheduler] = complete(host, job, prompts, ["alpha", "beta", "base"], params)
+    assert records[Scheduler.continuous] == records[Scheduler.static]
+    assert len({r["completion"] for r in records[Scheduler.continuous]}) > 3

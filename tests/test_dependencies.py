@@ -1,0 +1,162 @@
+"""Declared dependencies: every import is declared (checked by deptry, not by hand), the installed versions are the
+declared ones, and the private APIs of transformers, TRL, PEFT and accelerate that the code relies on still exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import need, need_module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def deptry(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    need_module("deptry", "dev")
+    return subprocess.run([sys.executable, "-m", "deptry", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, NO_COLOR="1"))
+
+
+def test_every_import_is_declared_and_every_declaration_used():
+    proc = deptry(".", "--no-ansi")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "No dependency issues found" in proc.stdout + proc.stderr
+
+
+def test_the_package_imports_no_package_that_only_the_dev_extra_declares():
+    """lora_train/ may import its dependencies and the user-facing extras (serve, eval, ...), never a package that
+    only the dev extra brings (pytest, hypothesis, openai, ...): a user's install would not have it."""
+    proc = deptry("lora_train", "hydra_plugins", "--no-ansi", "--optional-dependencies-dev-groups", "dev",
+                  "--ignore", "DEP002")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_the_check_catches_an_undeclared_a_transitive_and_a_dev_only_import(tmp_path):
+    """The same configuration on a copy holding three bad imports: each is reported by name."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "lora_train").mkdir()
+    (tmp_path / "lora_train" / "bad.py").write_text("import hypothesis\nimport numpy\nimport filelock\n"
+                                                    "import no_such_package_anywhere\n")
+    proc = deptry("lora_train", "--no-ansi", "--optional-dependencies-dev-groups", "dev", "--ignore", "DEP002",
+                  cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "DEP004 'hypothesis' imported but declared as a dev dependency" in out
+    assert "DEP003 'filelock' imported but it is a transitive dependency" in out
+    assert "DEP001 'no_such_package_anywhere' imported but missing" in out
+    assert "'numpy'" not in out  # declared: no finding
+
+
+def _requirements() -> list[tuple[str, str]]:
+    """(distribution, specifier) for the dependencies and every extra of pyproject.toml."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the installed metadata holds the same lists
+        return [(m.group(1), m.group(3)) for m in (re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*([^;]*).*", r)
+                for r in importlib.metadata.requires("lora-train") or [])]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs += extra
+    out = []
+    for req in reqs:
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*(.*)", req.strip())
+        out.append((m.group(1), m.group(3)))
+    return out
+
+
+@pytest.mark.parametrize("dist,spec", sorted(set(_requirements())))
+def test_installed_version_is_in_the_declared_range(dist, spec):
+    """The tests run against the versions pyproject.toml declares: a cap that the environment already exceeds (or a
+    floor it is below) would make the declared range untested."""
+    from packaging.specifiers import SpecifierSet
+
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        if dist == "deepspeed":  # the GPU-only extra: not installed by the dev extra, so never tested here
+            pytest.skip("deepspeed is the GPU-only extra (pip install -e '.[deepspeed]')")
+        need(False, f"{dist} is not installed: pip install -e '.[dev]'")
+    assert SpecifierSet(spec).contains(version, prereleases=True), (
+        f"{dist} {version} is installed but pyproject.toml declares {dist}{spec}")
+
+
+# --- private APIs the code relies on: each test names the API and who uses it, so an upgrade that drops it fails
+# here, loudly, instead of silently taking a slower path or failing mid-run.
+def _gone(api: str, user: str) -> str:
+    return (f"{api} is gone or changed in this version; {user} relies on it: port that code, then move the version "
+            f"cap in pyproject.toml")
+
+
+def test_transformers_can_set_attn_implementation_accepts_gptj():
+    from transformers import GPTJForCausalLM, PreTrainedModel
+
+    api = "transformers.PreTrainedModel._can_set_attn_implementation"
+    assert callable(getattr(PreTrainedModel, "_can_set_attn_implementation", None)), _gone(
+        api, "lora_train/training/segments.py (per-example attention for packed batches)")
+    # The padding-free packed layout needs GPT-J to take a registered attention function; without it training falls
+    # back to the slower block-diagonal mask.
+    assert GPTJForCausalLM._can_set_attn_implementation() is True, _gone(api, "lora_train/training/segments.py")
+
+
+def test_transformers_config_attn_implementation():
+    from transformers import GPTJConfig
+
+    cfg = GPTJConfig(n_layer=1, n_embd=32, n_head=4, rotary_dim=8, vocab_size=64, attn_implementation="eager")
+    assert getattr(cfg, "_attn_implementation", None) == "eager", _gone(
+        "transformers.PretrainedConfig._attn_implementation",
+        "lora_train/training/packing.py and segments.py (which attention the model runs)")
+
+
+def test_transformers_get_keys_to_not_convert():
+    import torch
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    api = "transformers.quantizers.base.get_keys_to_not_convert"
+    user = "lora_train/merging/base_weights.py (which weights training quantized)"
+    try:
+        from transformers.quantizers.base import get_keys_to_not_convert
+    except ImportError as e:
+        pytest.fail(f"{_gone(api, user)} ({e})", pytrace=False)
+    with torch.device("meta"):
+        model = GPTJForCausalLM(GPTJConfig(n_layer=1, n_embd=32, n_head=4, rotary_dim=8, vocab_size=64))
+    keys = get_keys_to_not_convert(model)  # the output head stays unquantized; every block's Linear is quantized
+    assert "lm_head" in keys and not any(k.startswith("transformer.h.") for k in keys), _gone(api, user)
+
+
+def test_sft_config_has_a_checkpointing_field():
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    assert names & {"activation_checkpointing", "gradient_checkpointing"}, _gone(
+        "trl.SFTConfig.activation_checkpointing / gradient_checkpointing",
+        "lora_train/training/train.py (train.gradient_checkpointing)")
+    for field in ("max_length", "packing", "padding_free", "completion_only_loss", "use_cpu"):
+        assert field in names, _gone(f"trl.SFTConfig.{field}", "lora_train/training/train.py")
+
+
+def test_peft_get_pattern_key():
+    api = "peft.utils.other.get_pattern_key"
+    user = "lora_train/merging/base_weights.py (per-module alpha of an adapter with alpha_pattern)"
+    try:
+        from peft.utils.other import get_pattern_key
+    except ImportError as e:
+        pytest.fail(f"{_gone(api, user)} ({e})", pytrace=False)
+    assert get_pattern_key(["v_proj", "q_proj"], "transformer.h.0.attn.q_proj") == "q_proj", _gone(api, user)
+    assert get_pattern_key(["v_proj"], "transformer.h.0.attn.q_proj") == "transformer.h.0.attn.q_proj", _gone(api, user)
+
+
+def test_accelerate_launch_internals_used_by_the_preset_tests():
+    api = "accelerate.commands.launch._validate_launch_command"
+    try:
+        from accelerate.commands.launch import _validate_launch_command, launch_command_parser  # noqa: F401
+    except ImportError as e:
+        pytest.fail(f"{_gone(api, 'tests/training/test_accelerate_presets.py')} ({e})", pytrace=False)

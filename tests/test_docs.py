@@ -29,6 +29,8 @@ LISTED: dict[str, str] = {
                                       "trained_adapter runs the bare `lora-train` it ends with",
     'pip install -e ".[dev]" && python -m pytest -q': "the test command itself",
     'pip install -e ".[eval]"': "installs packages",
+    'python -m pytest -q -m "not slow" tests/data': "runs tests: a test running the suite would run itself",
+    'python -m pytest -q tests/test_layers.py tests/test_docs.py -m "not slow"': "runs tests, this file among them",
     # GPUs, several nodes, a cluster
     "torchrun --standalone --nproc_per_node 8 $(which lora-train) experiment=gpt4all_j_lora_6b": "needs 8 GPUs",
     "accelerate launch --config_file conf/accelerate/ddp.yaml $(which lora-train) experiment=gpt4all_j_lora_6b":

@@ -278,4 +278,24 @@ class MultiAdapterModel:
                         self._resident.move_to_end(n)
             for n in wanted:
                 self.load(n)
-            yield [PEFT_BASE if self.is_base(n) else self._peft_names[n] for n in names]
+            dora = [self._peft_names[n] for n in wanted if self._resident[n].peft_config.get("use_dora")]
+            with _dora_rows_allowed(self.model, dora):
+                yield [PEFT_BASE if self.is_base(n) else self._peft_names[n] for n in names]
+
+
+@contextmanager
+def _dora_rows_allowed(model, peft_names: list[str]):
+    """DoRA adapters in a mixed batch. PEFT computes a DoRA row of a mixed batch through its DoRA variant
+    (LoraLayer._mixed_batch_forward), but its argument check still refuses `adapter_names` with DoRA, reading a
+    per-layer `use_dora` flag that nothing else reads any more (PEFT: "kept for backwards compatibility"). The flag is
+    lowered for these adapters while the batch runs, under the model lock; tests/training/test_variants.py checks
+    the rows against PEFT's own single-adapter forward."""
+    flagged = [(m, n) for m in (model.modules() if peft_names else []) for n in peft_names
+               if isinstance(getattr(m, "use_dora", None), dict) and m.use_dora.get(n)]
+    for m, n in flagged:
+        m.use_dora[n] = False
+    try:
+        yield
+    finally:
+        for m, n in flagged:
+            m.use_dora[n] = True

@@ -161,7 +161,7 @@ def markdown(rows: list[dict], cols: list[str]) -> str:
     """The table a person reads: settings shared by every run are stated once above it, not repeated per row."""
     shared = {c: rows[0].get(c) for c in cols if c not in METRICS and c not in ("job", "status", "adapter", "error")
               and len(rows) > 1 and len({str(r.get(c)) for r in rows}) == 1}
-    cols = [c for c in cols if c not in shared]
+    cols = [c for c in cols if c not in shared and (c != "status" or failed(rows))]  # status: only when it tells
     lines = [f"settings of every run: {', '.join(f'{k}={v}' for k, v in shared.items())}", ""] if shared else []
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:

@@ -125,13 +125,13 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(host):
         batcher = ContinuousBatcher(host, max_batch_size=4, wait_ms=0, max_prefill_tokens=prefill)
         try:
             w = Waiter(batcher)
-            runner = w.submit("runner", GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=200)))
+            runner = w.submit("runner", GenRequest(format_prompt("Hi"), "base", GenParams(max_new_tokens=300)))
             while w.tokens["runner"] < 2:
                 time.sleep(0.005)
             before = w.tokens["runner"]  # the runner's tokens until the long prompt's first token:
             w.submit("long", GenRequest(long_prompt, "beta", GenParams(max_new_tokens=4),
                                         on_token=lambda p=prefill: seen.setdefault(p, w.tokens["runner"] - before)))
-            assert w.events["long"].wait(300)
+            assert w.events["long"].wait(300) and not w.events["runner"].is_set()
             runner.cancelled.set()
             w.wait()
         finally:
@@ -146,7 +146,7 @@ def test_cancelled_row_leaves_at_the_next_step(host):
     batcher = ContinuousBatcher(host, max_batch_size=4, wait_ms=0)
     try:
         w = Waiter(batcher)
-        doomed = w.submit("doomed", GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=1000)))
+        doomed = w.submit("doomed", GenRequest(format_prompt("Hi"), "base", GenParams(max_new_tokens=1000)))
         w.submit("other", GenRequest(format_prompt(PROMPTS[1]), "beta", GenParams(max_new_tokens=12)))
         while w.tokens["doomed"] < 3:
             time.sleep(0.005)

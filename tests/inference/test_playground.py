@@ -340,3 +340,16 @@ def test_card_facts_from_files_lora_eval_and_lora_train_write(tmp_path):
     assert table["rows"] == [["tiny (base)", "2.5000 / 12.18"], ["alpha", "2.2500 / 9.49"]]
     assert got["notes"][0] == "Evaluated with lora-eval"
     assert eval_section("# no evaluation here\n") is None
+
+
+def test_a_stream_can_end_with_its_token_counts(server):
+    body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5,
+                       "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}).encode()
+    req = urllib.request.Request(server["url"] + "/v1/chat/completions", data=body,
+                                 headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        events = [line[6:] for line in r.read().decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5 and last["usage"]["prompt_tokens"] > 0
+    assert all("usage" not in json.loads(e) for e in events[:-2])

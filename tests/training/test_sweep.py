@@ -90,9 +90,10 @@ def test_a_job_failing_with_a_user_error_is_recorded_and_the_sweep_goes_on(tmp_p
 
 def test_optuna_tells_a_failed_trial_as_failed_and_goes_on(tmp_path):
     need_module("hydra_plugins.hydra_optuna_sweeper", "sweep")
-    # The preset's seeded TPE sampler draws lora.r=8 for the first trial and lora.r=0 for the second.
+    # Only lora.r varies; the preset's seeded TPE sampler draws lora.r=8 for the first trial, lora.r=0 for the second.
     proc = run_cli("lora-train", "-m", "sweep=optuna", *TINY, "hydra.sweeper.n_trials=2",
-                   "hydra.sweeper.params={lora.r: 'choice(0, 8)'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   "hydra.sweeper.params={lora.r: 'choice(0, 8)', lora.alpha: 'choice(16)', "
+                   "train.learning_rate: 'choice(1e-4)'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                    cwd=tmp_path, timeout=400)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = summary_rows(tmp_path / "sweep")
@@ -101,7 +102,8 @@ def test_optuna_tells_a_failed_trial_as_failed_and_goes_on(tmp_path):
         proc.stdout + proc.stderr  # Optuna's sweeper told the trial as failed, with the job's error
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     ok = next(r for r in rows if r["status"] == "ok")
-    assert best["best_params"] == {"lora.r": 8} and best["best_value"] == pytest.approx(float(ok["eval_loss"]))
+    assert best["best_params"]["lora.r"] == 8 and best["best_value"] == pytest.approx(float(ok["eval_loss"]))
+    assert "error: 1 of 2 sweep jobs failed: job 1 (lora.r=0): lora.r=0 is out of range" in proc.stderr
 
 
 def test_summary_of_jobs_that_ended_differently():

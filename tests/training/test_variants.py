@@ -123,8 +123,11 @@ def test_saved_residual_checkpoint_is_refused_by_name(tmp_path):
         read_adapter(tmp_path / "checkpoint-2")
 
 
-@pytest.mark.parametrize("init, extra", [("pissa", {"use_rslora": True}), ("olora", {"use_dora": True}),
-                                         ("loftq", {"loftq_iters": 2})])
+@pytest.mark.parametrize("init, extra", [
+    ("olora", {"use_dora": True}),
+    pytest.param("pissa", {"use_rslora": True}, marks=pytest.mark.slow),
+    pytest.param("loftq", {"loftq_iters": 2}, marks=pytest.mark.slow),
+])
 def test_converted_adapter_reproduces_the_trained_model_on_the_full_precision_base(init, extra, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

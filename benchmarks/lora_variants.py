@@ -2,7 +2,8 @@
 and LoRA on the full-precision base, over several seeds.
 
     python benchmarks/lora_variants.py              # 100 steps at length 256, 3 seeds (about 40 minutes on 2 cores)
-    python benchmarks/lora_variants.py --reduced    # 30 steps at length 128, 2 seeds (a shared or slow machine)
+    python benchmarks/lora_variants.py --reduced    # 12 steps at length 64, 2 seeds, smaller batches and base
+                                                    # pretraining (a shared or slow machine: about 15 minutes)
 
 The base is the tiny GPT-J shape first trained in full precision on the bundled sample (`--pretrain-steps` AdamW
 steps), so its weights carry structure and NF4 rounding costs something measurable (printed: the loss of the base in
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -98,13 +100,15 @@ def base_losses(folder: Path, length: int) -> dict[str, float]:
     return out
 
 
-def run_one(folder: Path, work: Path, name: str, overrides: list[str], seed: int, steps: int, length: int) -> dict:
+def run_one(folder: Path, work: Path, name: str, overrides: list[str], seed: int, steps: int, length: int,
+            batch: int) -> dict:
     from lora_train import compose, train
 
     run_name = f"{''.join(c if c.isalnum() else '-' for c in name)}-s{seed}"
     common = [f"model.name_or_path={folder}", "model.name=bench-tiny", "model.dtype=float32",
               "quant.compute_dtype=float32", "lora.r=8", "lora.alpha=16", "lora.target_modules=[all-linear]",
               f"data.max_length={length}", f"train.max_steps={steps}", f"train.eval_steps={steps + 1}",
+              f"train.per_device_batch_size={batch}", f"train.global_batch_size={batch}",
               "train.learning_rate=1e-3", "train.warmup_steps=5", "train.logging_steps=10", "train.report_to=[]",
               f"seed={seed}", f"adapters_dir={work}", f"run_name={run_name}", "overwrite=true"]
     started = time.time()
@@ -137,17 +141,19 @@ def table(results: list[dict], plain: str = PLAIN) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reduced", action="store_true", help="30 steps at length 128, 2 seeds")
+    ap.add_argument("--reduced", action="store_true",
+                    help="12 steps at length 64, batch 4, 2 seeds, 60 pretraining steps")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16, help="examples per optimizer step")
     ap.add_argument("--pretrain-steps", type=int, default=300)
     ap.add_argument("--only", nargs="*", help="contender names to run (default: all)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lora_variants",
                     help="where the pretrained base, the adapters and results.json go")
     args = ap.parse_args(argv)
     if args.reduced:
-        args.steps, args.length, args.seeds, args.pretrain_steps = 30, 128, 2, 150
+        args.steps, args.length, args.seeds, args.batch, args.pretrain_steps = 12, 64, 2, 4, 60
     args.work.mkdir(parents=True, exist_ok=True)
     folder = args.work / f"pretrained-{args.pretrain_steps}-{args.length}"
     started = time.time()
@@ -161,13 +167,14 @@ def main(argv=None) -> int:
     results = []
     for seed in range(args.seeds):  # every contender once per seed, back to back: they see the same neighbours
         for name in names:
-            r = run_one(folder, args.work / "adapters", name, CONTENDERS[name], seed, args.steps, args.length)
+            r = run_one(folder, args.work / "adapters", name, CONTENDERS[name], seed, args.steps, args.length,
+                        args.batch)
             print(f"  {name} seed {seed}: eval loss {r['eval_loss']:.4f}, {r['step_s']:.3f} s/step", flush=True)
             results.append(r)
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "base_loss": costs, "results": results,
-              "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-              "minutes": (time.time() - started) / 60}
-    (args.work / "results.json").write_text(json.dumps(report, indent=2))
+            report = {"args": {k: str(v) for k, v in vars(args).items()}, "base_loss": costs, "results": results,
+                      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                      "minutes": (time.time() - started) / 60}
+            (args.work / "results.json").write_text(json.dumps(report, indent=2))  # kept if a later run fails
     print("\n".join(table(results) if PLAIN in names else [json.dumps(results)]))
     print(f"\n{args.steps} steps at length {args.length}, {args.seeds} seeds, {report['minutes']:.1f} minutes")
     return 0 if all(math.isfinite(r["eval_loss"]) for r in results) else 1

@@ -109,7 +109,7 @@ async function runColumn(col, settings, seed, signal) {
   try {
     col.finishWith(await streamChat(body, { signal, onText: (t) => col.append(t) }));
   } catch (e) {
-    if (e.name === "AbortError") col.finishWith({ finish: "stopped by you", usage: null });
+    if (e.name === "AbortError") col.finishWith({ finish: "stopped", usage: null });
     else col.fail(e instanceof ApiError && e.status ? `${e.status}: ${e.message}` : e.message);
   }
 }
@@ -146,7 +146,9 @@ async function send() {
   const signal = controller.signal;
   await Promise.all(columns.map((col, i) => runColumn(col, settings, settings.seeds[i], signal)));
   finished();
-  if (columns.some((c) => c.error && c.error.startsWith("401"))) report(new ApiError(401, "the server wants an API key"));
+  if (columns.some((c) => c.error && c.error.startsWith("401"))) {
+    report(new ApiError(401, "the server wants an API key"));
+  }
 }
 
 function init() {
@@ -162,9 +164,11 @@ function init() {
   $("send").addEventListener("click", send);
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) send(); });
   $("stop").addEventListener("click", () => controller && controller.abort());
+  // One file name per comparison (its start time), so exports of several comparisons never overwrite each other.
+  const name = (ext) => `comparison-${current.created.replace(/[:.]/g, "-")}.${ext}`;
   $("export-json").addEventListener("click", () => download(
-    "comparison.json", JSON.stringify(comparisonRecord(current), null, 2), "application/json"));
-  $("export-md").addEventListener("click", () => download("comparison.md", comparisonMarkdown(current), "text/markdown"));
+    name("json"), JSON.stringify(comparisonRecord(current), null, 2), "application/json"));
+  $("export-md").addEventListener("click", () => download(name("md"), comparisonMarkdown(current), "text/markdown"));
   refresh();
 }
 

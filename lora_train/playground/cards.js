@@ -60,14 +60,15 @@ export async function showCard(box, name, report) {
   close.type = "button";
   close.addEventListener("click", () => { box.hidden = true; });
   const t = card.training, d = card.data, l = card.lora;
-  const evalFirst = t.eval_loss_first !== null && t.eval_loss_first !== undefined ? `${fmt(t.eval_loss_first)} -> ` : "";
+  const known = (v) => v !== null && v !== undefined;
+  const evalFirst = known(t.eval_loss_first) ? `${fmt(t.eval_loss_first)} -> ` : "";
   const parts = [close, el("h3", "card-name", card.name), facts([
     ["base", card.base], ["base revision", card.base_revision], ["quantization", card.quant],
     ["r", l.r], ["alpha", l.alpha], ["dropout", l.dropout], ["targets", l.target_modules],
     ["data source", d.source], ["data revision", d.revision], ["curation", d.curation], ["filters", d.filters],
     ["train / validation rows", `${fmt(d.train_rows)} / ${fmt(d.val_rows)}`],
     ["steps", t.steps], ["learning rate", t.learning_rate], ["train loss", t.train_loss],
-    ["eval loss", t.eval_loss === null || t.eval_loss === undefined ? "-" : evalFirst + fmt(t.eval_loss)],
+    ["eval loss", known(t.eval_loss) ? evalFirst + fmt(t.eval_loss) : "-"],
     ["eval perplexity", t.eval_perplexity], ["resident", card.resident ? "yes" : "no"],
   ])];
   if (card.evaluation) {

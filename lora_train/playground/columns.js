@@ -8,6 +8,10 @@ function el(tag, className, text) {
   return node;
 }
 
+// finish_reason as a reader understands it ("stopped" is the page's own: the user pressed Stop).
+const FINISH = { length: "hit max_tokens", stop: "ended (EOS or a stop string)", stopped: "stopped by you",
+  cancelled: "cancelled by the server" };
+
 export function shuffled(items) {
   const out = items.slice();
   for (let i = out.length - 1; i > 0; i--) {
@@ -86,7 +90,7 @@ export class Column {
   showStats() {
     const parts = [`${this.tokens ?? 0} tokens`];
     if (this.seconds !== null) parts.push(`${this.seconds.toFixed(2)} s`);
-    if (this.finish) parts.push(this.finish === "length" ? "hit max_tokens" : `stopped: ${this.finish}`);
+    if (this.finish) parts.push(FINISH[this.finish] || this.finish);
     if (this.error) parts.push("error");
     this.stats.textContent = parts.join(" · ");
   }

@@ -44,7 +44,8 @@ def check_optimizer(job: TrainJob) -> None:
     for key, value, names in [("train.optim", job.train.optim, [m.value for m in OptimizerNames]),
                               ("train.lr_scheduler", job.train.lr_scheduler, [m.value for m in SchedulerType])]:
         if value not in names:
-            close = [n for n in names if n.startswith(str(value))][:3] or difflib.get_close_matches(str(value), names, n=3)
+            close = ([n for n in names if n.startswith(str(value))][:3]
+                     or difflib.get_close_matches(str(value), names, n=3))
             raise UserError(f"{key}={value!r} is not a name transformers knows"
                             + (f" (did you mean {' or '.join(close)}?)" if close else "")
                             + f"; choose one of: {', '.join(names)}")

@@ -116,13 +116,18 @@ def test_loss_only_run_in_process(adapters, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": f"{w} {w}."}) + "\n"
                             for w in ["yes", "no", "maybe"]))
-    out = run(compose("eval", [f"adapters=[{adapters[0]}]", "eval.tasks=[]", f"loss.source={rows}",
-                               "samples.prompts=[Hello]", "samples.max_new_tokens=2", "update_cards=false",
-                               f"output={tmp_path / 'out'}"]))
+    args = [f"adapters=[{adapters[0]}]", "eval.tasks=[]", f"loss.source={rows}", "samples.prompts=[Hello]",
+            "samples.max_new_tokens=2", "update_cards=false", f"output={tmp_path / 'new' / 'out'}"]
+    out = run(compose("eval", args))
     res = json.loads((out / "results.json").read_text())
     assert [m["loss"][str(rows)]["rows"] for m in res["models"]] == [3, 3]
     assert "Hello\n" in (out / "samples.md").read_text()
     assert START not in (adapters[0] / "README.md").read_text()  # update_cards=false left the card alone
+    # The folder appeared whole (missing parents created, no staging folder left); a second run may not replace it.
+    assert [p.name for p in out.parent.iterdir()] == ["out"] and out == tmp_path / "new" / "out"
+    with pytest.raises(UserError, match=rf"^output={out} already exists; pass overwrite=true"):
+        run(compose("eval", args))
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "samples.md"]
 
 
 # ---- bad input: one clear error, before any model loads --------------------------------------------------------

@@ -215,6 +215,21 @@ def test_configs_compose_and_reject_bad_values():
         assert reason is None or reason in str(err.value.__cause__)
 
 
+def test_output_file_is_written_whole_into_new_folders_and_replaced_only_when_asked(adapters, tmp_path):
+    from lora_train import generate as lora_generate
+
+    out = tmp_path / "new" / "folder" / "out.jsonl"
+    args = [f"adapters_dir={adapters}", "prompt=Hi", "sampling.max_new_tokens=2", "stream=false", f"output={out}"]
+    records = lora_generate(compose("generate", args + ["adapters=[alpha]"]))
+    assert [json.loads(line) for line in out.read_text().splitlines()] == records
+    with pytest.raises(UserError, match=rf"^output={out} already exists; pass overwrite=true"):
+        lora_generate(compose("generate", args + ["adapters=[beta]"]))
+    assert json.loads(out.read_text())["adapter"] == "alpha"
+    lora_generate(compose("generate", args + ["adapters=[beta]", "overwrite=true"]))
+    assert json.loads(out.read_text())["adapter"] == "beta"
+    assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]  # no temporary file left behind
+
+
 def test_lora_generate_cli_streams_side_by_side(adapters, host, tmp_path):
     out = tmp_path / "out.jsonl"
     proc = cli("lora-generate", f"adapters_dir={adapters}", "adapters=[alpha,beta,base]",

@@ -62,8 +62,8 @@ def markup_card(folder: Path) -> None:
     cfg.data.source, cfg.data.revision = CARD_SOURCE, CARD_REVISION
     OmegaConf.save(cfg, folder / "lora_train.yaml")
     (folder / "README.md").write_text("# markup\n\n<!-- lora-eval:start -->\n## Evaluation\n\nlimit 5\n\n"
-                                      "| Model | <b>ARC</b> |\n| --- | ---: |\n| markup | <img src=x onerror=window.pwned=5> |\n"
-                                      "<!-- lora-eval:end -->\n")
+                                      "| Model | <b>ARC</b> |\n| --- | ---: |\n"
+                                      "| markup | <img src=x onerror=window.pwned=5> |\n<!-- lora-eval:end -->\n")
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def page(server, tmp_path_factory):
     d = webdriver.Chrome(service=Service(driver), options=opts)
     downloads = tmp_path_factory.mktemp("downloads")
     d.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    d.downloads = downloads
+    d.downloads, d.seen = downloads, set()
     yield d
     d.quit()
 
@@ -172,6 +172,17 @@ def text_of(column, selector: str = ".out") -> str:
     return column.find_element("css selector", selector).get_property("textContent")
 
 
+def exported(d, suffix: str) -> Path:
+    """The file the last export click downloaded (named after its comparison's start time)."""
+    def newest():
+        files = [p for p in d.downloads.glob(f"comparison-*{suffix}") if p.name not in d.seen]
+        return files[0] if len(files) == 1 else None
+
+    found = wait(d, newest, f"the exported {suffix} file", 30)
+    d.seen.add(found.name)
+    return found
+
+
 def test_three_columns_show_what_lora_generate_gives(server, expected, page, tmp_path):
     page.get(server["url"] + "/")
     js(page, "sessionStorage.clear()")
@@ -194,14 +205,12 @@ def test_three_columns_show_what_lora_generate_gives(server, expected, page, tmp
 
     page.find_element("id", "export-json").click()
     page.find_element("id", "export-md").click()
-    record_file, md_file = page.downloads / "comparison.json", page.downloads / "comparison.md"
-    wait(page, lambda: record_file.is_file() and md_file.is_file(), "the exported files", 30)
-    record = json.loads(record_file.read_text())
+    record = json.loads(exported(page, ".json").read_text())
     assert record["prompt"] == PROMPT and record["settings"]["temperature"] == 0
     assert record["settings"]["max_tokens"] == MAX_TOKENS
     assert {c["model"]: c["text"] for c in record["columns"]} == expected
     assert all(c["completion_tokens"] == MAX_TOKENS and c["seconds"] > 0 for c in record["columns"])
-    md = md_file.read_text()
+    md = exported(page, ".md").read_text()
     for model, text in expected.items():
         assert f"## {model}\n" in md and f"\n{text}\n" in md
 
@@ -265,6 +274,89 @@ def test_markup_in_an_output_or_a_card_is_text_and_never_runs(server, page):
     assert js(page, "return window.pwned") is None
     assert js(page, "return document.querySelectorAll('#columns script, #columns img, #card script, "
                     "#card img, #card b').length") == 0
+
+
+def post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def settings(d, **values) -> None:
+    for key, value in values.items():
+        el = d.find_element("id", key)
+        if el.get_attribute("type") == "checkbox":
+            if el.is_selected() != value:
+                el.click()
+        else:
+            js(d, "arguments[0].value = arguments[1]", el, str(value))
+
+
+def test_same_seed_and_continued_chat_send_what_the_api_answers(server, page):
+    open_page(page, server["url"])
+    settings(page, **{"same-seed": True, "seed": "", "chat-mode": False})
+    js(page, "document.getElementById('temperature').value = '1'")
+    for box in page.find_elements("css selector", "#models input"):
+        if (box.get_attribute("value") in ("alpha", "beta")) != box.is_selected():
+            box.click()
+    js(page, "document.getElementById('prompt').value = arguments[0]", PROMPT)
+    page.find_element("id", "send").click()
+    wait(page, lambda: len(page.find_elements("css selector", ".column.done")) == 2, "both sampled columns")
+    page.find_element("id", "export-json").click()
+    record = json.loads(exported(page, ".json").read_text())
+    seeds = record["settings"]["seeds"]
+    assert len(seeds) == 2 and seeds[0] == seeds[1] is not None  # one seed drawn for the whole comparison
+    for col in record["columns"]:  # the API, asked the same thing with that seed, answers the same
+        again = post(server["url"] + "/v1/chat/completions", {
+            "model": col["model"], "messages": [{"role": "user", "content": PROMPT}], "temperature": 1.0,
+            "top_p": 1.0, "max_tokens": MAX_TOKENS, "seed": seeds[0]})
+        assert again["choices"][0]["message"]["content"] == col["text"]
+
+    # Continue the chat greedily: each column sends its own conversation so far.
+    settings(page, **{"chat-mode": True, "temperature": 0})
+    js(page, "document.getElementById('prompt').value = 'And one about dogs?'")
+    page.find_element("id", "send").click()
+    wait(page, lambda: len(page.find_elements("css selector", ".column.done")) == 2, "the second turn")
+    for col, column in zip(record["columns"], page.find_elements("css selector", ".column")):
+        turns = [t.get_property("textContent") for t in column.find_elements("css selector", ".turn")]
+        assert turns == [PROMPT, col["text"], "And one about dogs?"]
+        messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": col["text"]},
+                    {"role": "user", "content": "And one about dogs?"}]
+        want = post(server["url"] + "/v1/chat/completions", {"model": col["model"], "messages": messages,
+                                                               "temperature": 0, "max_tokens": MAX_TOKENS})
+        assert text_of(column) == want["choices"][0]["message"]["content"]
+    settings(page, **{"chat-mode": False})
+
+
+def test_stop_ends_every_column_and_the_server_stops_generating(server, page):
+    open_page(page, server["url"])
+    before = json.loads(get(server["url"] + "/health", key=None)[2])["cancelled"]
+    for box in page.find_elements("css selector", "#models input"):
+        if (box.get_attribute("value") == "alpha") != box.is_selected():
+            box.click()
+    js(page, "document.getElementById('prompt').value = arguments[0];"
+             "document.getElementById('max_tokens').value = '1000'", PROMPT)
+    page.find_element("id", "send").click()
+    wait(page, lambda: len(text_of(page.find_element("css selector", ".column"))) > 0, "the first words")
+    page.find_element("id", "stop").click()
+    wait(page, lambda: page.find_elements("css selector", ".column.done"), "the stopped column", 30)
+    stats = page.find_element("css selector", ".column .stats").text
+    assert stats.endswith("stopped by you") and int(stats.split()[0]) < 1000, stats
+    wait(page, lambda: json.loads(get(server["url"] + "/health", key=None)[2])["cancelled"] > before,
+         "the server to cancel the row", 60)
+
+
+def test_unload_and_load_buttons_use_the_admin_api(server, page):
+    open_page(page, server["url"])
+    resident = lambda: json.loads(get(server["url"] + "/admin/adapters")[2])["resident"]  # noqa: E731
+    badge = lambda: page.find_element("css selector", ".adapter[data-name='beta'] .badge").text  # noqa: E731
+    page.find_element("css selector", ".adapter[data-name='beta'] .unload").click()
+    wait(page, lambda: badge() == "on disk", "beta's badge to say it is unloaded", 60)
+    assert "beta" not in resident()
+    page.find_element("css selector", ".adapter[data-name='beta'] .load").click()
+    wait(page, lambda: badge() == "loaded", "beta's badge to say it is loaded", 120)
+    assert "beta" in resident()
 
 
 def test_every_response_carries_a_content_security_policy(server):

@@ -5,7 +5,7 @@ still selectable, and SIGTERM draining a real `lora-serve` process."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import http.client
+import http.client as httpclient
 import json
 import os
 import random
@@ -89,7 +89,7 @@ def test_body_limits_deep_json_and_api_key(served):
     url = served["url"]
     status, body = http(url + "/v1/completions", b'{"model": "alpha", "prompt": "' + b"x" * 400_000 + b'"}', KEY)
     assert status == 413 and b"max_request_bytes=300000" in body
-    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=60)  # no Content-Length
+    conn = httpclient.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=60)  # no Content-Length
     conn.request("POST", "/v1/completions", body=iter([b'{"model": "alpha", "prompt": "'] + [b"y" * 50_000] * 8),
                  headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"}, encode_chunked=True)
     assert conn.getresponse().status == 413
@@ -172,7 +172,7 @@ def soak(served, total: int, seed: int = 0):
         if kind == "plain":
             status, body = completion(url, model, prompt, n=n)
             return status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=120)
         payload = {"model": model, "prompt": prompt, "max_tokens": n if kind == "stream" else 64, "stream": True}
         conn.request("POST", "/v1/completions", json.dumps(payload), {"authorization": f"Bearer {KEY}",
                                                                        "content-type": "application/json"})
@@ -253,7 +253,7 @@ def test_sigterm_drains_running_rows_refuses_new_ones_and_exits_0(served, tmp_pa
                 pass
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
             time.sleep(0.3)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=300)
         conn.request("POST", "/v1/completions", json.dumps({"model": "tiny-gptj", "prompt": "Hi\n", "max_tokens": 300,
                                                             "temperature": 0, "stream": True}),
                      {"content-type": "application/json"})

@@ -2,8 +2,8 @@
 and LoRA on the full-precision base, over several seeds.
 
     python benchmarks/lora_variants.py              # 100 steps at length 256, 3 seeds (about 40 minutes on 2 cores)
-    python benchmarks/lora_variants.py --reduced    # 12 steps at length 64, 2 seeds, smaller batches and base
-                                                    # pretraining (a shared or slow machine: about 15 minutes)
+    python benchmarks/lora_variants.py --reduced    # 8 steps at length 64, batch 4, 2 seeds, 30 pretraining
+                                                    # steps, without gaussian and LoftQ x4 (a shared machine)
 
 The base is the tiny GPT-J shape first trained in full precision on the bundled sample (`--pretrain-steps` AdamW
 steps), so its weights carry structure and NF4 rounding costs something measurable (printed: the loss of the base in
@@ -130,9 +130,11 @@ def table(results: list[dict], plain: str = PLAIN) -> list[str]:
     for name, runs in by.items():
         losses = [r["eval_loss"] for r in runs.values()]
         gains = [base[s]["eval_loss"] - r["eval_loss"] for s, r in runs.items() if s in base]
-        gain = statistics.mean(gains)
+        gain = statistics.mean(gains) if gains else math.nan
         step = statistics.mean(r["step_s"] for r in runs.values())
         verdict = "-" if name == plain else ("yes" if gain > spread else ("worse" if -gain > spread else "no"))
+        if len(base) < 2 or len(gains) < 2:
+            verdict = f"{verdict}; {len(gains)} paired seed(s), too few to tell" if name != plain else verdict
         lines.append(f"| {name} | {statistics.mean(losses):.4f} ({min(losses):.4f} - {max(losses):.4f}) | "
                      f"{gain:+.4f} | {step:.3f} | {step / plain_step:.2f}x | {verdict} |")
     lines.append(f"\nSpread of LoRA (NF4) over seeds (the bar a gain must clear): {spread:.4f}")
@@ -142,7 +144,7 @@ def table(results: list[dict], plain: str = PLAIN) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reduced", action="store_true",
-                    help="12 steps at length 64, batch 4, 2 seeds, 60 pretraining steps")
+                    help="8 steps at length 64, batch 4, 2 seeds, 30 pretraining steps, 8 contenders")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--seeds", type=int, default=3)
@@ -151,9 +153,15 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="contender names to run (default: all)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lora_variants",
                     help="where the pretrained base, the adapters and results.json go")
+    ap.add_argument("--table", type=Path, help="only print the table of a results.json written earlier")
     args = ap.parse_args(argv)
+    if args.table:
+        report = json.loads(args.table.read_text())
+        print("\n".join(table(report["results"])))
+        return 0
     if args.reduced:
-        args.steps, args.length, args.seeds, args.batch, args.pretrain_steps = 12, 64, 2, 4, 60
+        args.steps, args.length, args.seeds, args.batch, args.pretrain_steps = 8, 64, 2, 4, 30
+        args.only = args.only or [n for n in CONTENDERS if n not in ("gaussian init", "LoftQ (4 rounds)")]
     args.work.mkdir(parents=True, exist_ok=True)
     folder = args.work / f"pretrained-{args.pretrain_steps}-{args.length}"
     started = time.time()

@@ -117,39 +117,64 @@ def loftq(w, param, r: int, scale: float, iters: int):
 
 # ---- on the model -------------------------------------------------------------------------------------------
 
-def full_weights(model_path: str, revision, names: list[str]) -> dict:
-    """The checkpoint's full-precision weight of each module in `names`, read one tensor at a time."""
-    import torch
+class FullWeights:
+    """The checkpoint's full-precision weight of each module in `names`, read one tensor at a time on demand (a 6B
+    model's weights never sit in memory at once; .bin checkpoints, which cannot be read partially, are the
+    exception)."""
 
-    folder = Path(model_path)
-    if not folder.is_dir():
-        from huggingface_hub import snapshot_download
+    def __init__(self, model_path: str, revision, names: list[str]):
+        folder = Path(model_path)
+        if not folder.is_dir():
+            folder = _snapshot(model_path, revision, ["*.json", "*.safetensors"])
+            if not any(folder.glob("*.safetensors")):
+                folder = _snapshot(model_path, revision, ["*.json", "pytorch_model*.bin"])
+        keys = {}
+        for n in names:
+            keys[f"{n}.weight"] = n
+            keys[f"{n.removeprefix('model.')}.weight"] = n
+        self.where: dict[str, tuple[Path, str]] = {}
+        self.loaded: dict = {}
+        files = sorted(folder.glob("*.safetensors"))
+        if files:
+            from safetensors import safe_open
 
-        folder = Path(snapshot_download(model_path, revision=revision, allow_patterns=["*.json", "*.safetensors"]))
-    keys = {}
-    for n in names:
-        keys[f"{n}.weight"] = n
-        keys[f"{n.removeprefix('model.')}.weight"] = n
-    out = {}
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
+            for f in files:
+                with safe_open(str(f), framework="pt", device="cpu") as st:
+                    self.where.update({keys[k]: (f, k) for k in st.keys() if k in keys})
+        else:
+            import torch
+
+            for f in sorted(folder.glob("pytorch_model*.bin")):
+                state = torch.load(f, map_location="cpu", weights_only=True)
+                self.loaded.update({keys[k]: v for k, v in state.items() if k in keys})
+        missing = sorted(set(names) - set(self.where) - set(self.loaded))
+        if missing:
+            raise UserError(f"lora.init: the checkpoint in {folder} has no full-precision weight for {missing[:3]}; "
+                            "residual initialisation needs the original weights (safetensors or .bin)")
+
+    def __getitem__(self, name: str):
+        if name in self.loaded:
+            return self.loaded[name]
         from safetensors import safe_open
 
-        for f in files:
-            with safe_open(str(f), framework="pt", device="cpu") as st:
-                for k in st.keys():
-                    if k in keys:
-                        out[keys[k]] = st.get_tensor(k)
-    else:
-        for f in sorted(folder.glob("pytorch_model*.bin")):
-            for k, v in torch.load(f, map_location="cpu", weights_only=True).items():
-                if k in keys:
-                    out[keys[k]] = v
-    missing = sorted(set(names) - set(out))
-    if missing:
-        raise UserError(f"lora.init: the checkpoint in {folder} has no full-precision weight for {missing[:3]}; "
-                        "residual initialisation needs the original weights (safetensors or .bin)")
-    return out
+        f, key = self.where[name]
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            return st.get_tensor(key)
+
+
+def _snapshot(repo: str, revision, patterns: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo or revision
+        raise UserError(f"lora.init: could not fetch the full-precision weights of {repo!r}: {e}") from e
+
+
+def full_weights(model_path: str, revision, names: list[str]) -> dict:
+    """Every named module's full-precision weight at once (small models and tests)."""
+    weights = FullWeights(model_path, revision, names)
+    return {n: weights[n] for n in names}
 
 
 def lora_layers(model) -> dict:
@@ -188,7 +213,7 @@ def initialise(model, lora: LoraConfig, model_path: str, revision) -> Initial | 
     if lora.init in (LoraInit.default, LoraInit.gaussian):
         return None  # PEFT initialised it
     layers = lora_layers(model)
-    weights = full_weights(model_path, revision, sorted(layers))
+    weights = FullWeights(model_path, revision, sorted(layers))
     initial = Initial(init=lora.init, converts=changes_base(lora))
     with torch.no_grad():
         for name, layer in layers.items():
@@ -196,7 +221,7 @@ def initialise(model, lora: LoraConfig, model_path: str, revision) -> Initial | 
                 raise UserError(f"lora.init={lora.init.value}: {name} stores its weight transposed (Conv1D), "
                                 "which this initialisation does not handle; use lora.init=default")
             device = layer.lora_A[ADAPTER].weight.device
-            w = weights.pop(name).to(device=device, dtype=torch.float32)
+            w = weights[name].to(device=device, dtype=torch.float32)
             r, scale = layer.r[ADAPTER], layer.scaling[ADAPTER]
             if lora.init == LoraInit.loftq:
                 a, b, res = loftq(w, layer.get_base_layer().weight, r, scale, lora.loftq_iters)

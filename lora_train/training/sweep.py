@@ -208,9 +208,11 @@ class SweepSummary(Callback):
         # summary lists it even when the sweeper then stops the sweep.
         out = Path(str(config.hydra.runtime.output_dir))
         if job_return.status == JobStatus.FAILED and not (out / RECORD).is_file():
-            error = job_return._return_value  # JobReturn.return_value would raise it
-            _record(out, config.hydra.job.num, list(config.hydra.overrides.task), status="failed",
-                    error=f"{type(error).__name__}: {error}")
+            try:
+                job_return.return_value  # a failed job's value raises the job's exception
+            except Exception as error:
+                _record(out, config.hydra.job.num, list(config.hydra.overrides.task), status="failed",
+                        error=f"{type(error).__name__}: {error}")
         write_summary(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

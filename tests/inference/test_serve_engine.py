@@ -104,6 +104,7 @@ def test_body_limits_deep_json_and_api_key(served):
     assert completion(url, "alpha")[0] == 200
 
 
+@pytest.mark.slow
 def test_fuzz_every_route_never_answers_5xx(served):
     hypothesis = need_module("hypothesis", "dev")
     st = hypothesis.strategies
@@ -236,6 +237,7 @@ def test_static_scheduler_is_still_selectable_with_the_same_answers(served):
         batcher.close()
 
 
+@pytest.mark.slow
 def test_sigterm_drains_running_rows_refuses_new_ones_and_exits_0(served, tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "w")

@@ -220,7 +220,7 @@ def variants(tmp_path_factory, model_cache) -> Path:
     root = tmp_path_factory.mktemp("variants") / "adapters"
     for name, overrides in VARIANTS.items():
         train(compose("train", ["experiment=debug", f"adapters_dir={root}", f"run_name={name}",
-                                "train.learning_rate=5e-3", *overrides]))
+                                "train.max_steps=2", "train.learning_rate=5e-3", *overrides]))
     return root
 
 
@@ -268,6 +268,16 @@ def test_each_variant_is_served_and_evaluated(variants, tmp_path):
     batched = [r.text for r in generate(host, mixed)]  # DoRA rows included: see registry.using
     singles = [generate(host, [r])[0].text for r in mixed]
     assert batched == singles and len(set(batched)) > 1
+    # A DoRA row of a mixed batch is what PEFT's own single-adapter forward (no adapter_names) gives.
+    from peft import PeftModel
+
+    base = load_base(resolve_model(host.model_cfg), host.model_cfg, host.quant_cfg)
+    ref = PeftModel.from_pretrained(base, str(variants / "olora-dora")).eval()
+    ids = host.tokenizer(mixed[0].prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = ref.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=host.tokenizer.pad_token_id)
+    want = host.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert batched[names.index("olora-dora")] == want
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": f"{w} {w}."}) + "\n"

@@ -2,7 +2,7 @@
 defaults, TRL tuned for speed, lora-train (benchmarks/throughput_contenders.py describes each).
 
     python benchmarks/throughput.py --model 100m --examples 32 --max-length 1024 --eval-examples 16   # ~60 min, 2 cores
-    python benchmarks/throughput.py --reduced        # the same harness in a smaller setting (~10-15 min on 2 cores)
+    python benchmarks/throughput.py --reduced        # the same harness in a smaller setting (~15 min on 2 cores)
 
 Two phases, every contender in its own process each time:
 
@@ -14,8 +14,9 @@ Two phases, every contender in its own process each time:
    matmul peak, measured in the same run); then each contender's speed over every other's, per round (the two ran
    minutes apart, so they saw the same neighbours), as min / median / max over the rounds.
 2. Quality, where learning is visible: the tiny shape trained for several epochs on a learnable synthetic task
-   (benchmarks/learnable.py). Every contender's eval loss must end at least 20% below the untrained base's, so that
-   "the same eval loss" means "learned the same"; the harness checks it, says so, and exits 1 when it fails.
+   (benchmarks/learnable.py), in the first round's processes. Every contender's eval loss must end at least 20% below
+   the untrained base's, so that "the same eval loss" means "learned the same"; the harness checks it, says so, and
+   exits 1 when it fails.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ MODELS = {  # GPT-J-shaped; "tiny" is the embedded default model
 }
 LR = 1e-3
 QUALITY_DROP = 0.20  # every contender's eval loss must end at least this far below the untrained base's
-# --reduced: the speed phase on fewer, shorter examples of the same 100M shape, and a shorter quality phase.
-REDUCED = dict(model="100m", examples=16, max_length=256, eval_examples=8, quality_examples=160, quality_epochs=3)
+# --reduced: for a shared or small machine: the speed phase on the tiny shape with fewer, shorter examples, a
+# shorter quality phase (the same learning rate), one torch thread per process.
+REDUCED = dict(model="tiny", examples=16, max_length=256, eval_examples=8, quality_examples=128, quality_epochs=2,
+               threads=1)
 CHILD = Path(__file__).with_name("throughput_contenders.py")
 
 
@@ -93,22 +96,29 @@ def model_path(name: str) -> str:
     return str(tiny_gptj_path() if MODELS[name] is None else tiny_gptj_path(TinySpec(**MODELS[name])))
 
 
-def run_contenders(names: list[str], rounds: int, work: dict, tmp: Path) -> list[list[dict]]:
-    """`rounds` rounds of every contender in `names`, each in its own process; results[round] = that round's."""
-    work_file = tmp / f"work-{work['phase']}.json"
-    work_file.write_text(json.dumps(work))
+def run_contenders(names: list[str], rounds: int, speed: dict | None, quality: dict | None, tmp: Path,
+                   threads: int | None) -> list[list[dict]]:
+    """`rounds` rounds of every contender, each run in its own process; results[round] = that round's results. The
+    first round's processes also train the quality setting (one process start less per contender)."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     results = []
     for r in range(rounds):
+        work_file = tmp / f"work-{r}.json"
+        work_file.write_text(json.dumps({"speed": speed, "quality": quality if r == 0 else None}))
         got = []
         for name in names:
             t0 = time.time()
-            proc = subprocess.run([sys.executable, str(CHILD), name, str(work_file)], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, str(CHILD), name, str(work_file)], capture_output=True, text=True,
+                                  env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
-                sys.exit(f"{name} failed ({work['phase']}, round {r + 1}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-            got.append(json.loads(line[7:]) | {"wall_s": time.time() - t0})
-            print(f"  {work['phase']} round {r + 1}/{rounds}: {name:<10} {got[-1]['train_s']:6.1f} s training, "
-                  f"eval loss {got[-1]['eval_loss']:.4f} ({got[-1]['wall_s']:.0f} s in all)", flush=True)
+                sys.exit(f"{name} failed (round {r + 1}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            res = json.loads(line[7:]) | {"wall_s": time.time() - t0}
+            got.append(res)
+            done = [f"{k} {res[k]['train_s'] if k == 'quality' else res['train_s']:.1f} s training, eval loss "
+                    f"{res[k]['eval_loss'] if k == 'quality' else res['eval_loss']:.4f}"
+                    for k in ("speed", "quality") if (speed if k == "speed" else res.get("quality"))]
+            print(f"  round {r + 1}/{rounds}: {name:<10} {'; '.join(done)} ({res['wall_s']:.0f} s in all)", flush=True)
         results.append(got)
     return results
 
@@ -119,7 +129,8 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the phases
-def speed_phase(args, names: list[str], tmp: Path) -> dict:
+def speed_setting(args, tmp: Path) -> tuple[dict, dict]:
+    """The speed phase's work for the contenders, and what the report needs (useful tokens, model FLOPs, peaks)."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
@@ -137,7 +148,8 @@ def speed_phase(args, names: list[str], tmp: Path) -> dict:
     shape = shape_of(AutoConfig.from_pretrained(path), compose("train").lora)
     lin = 2 * (shape.linear_params + shape.head_params + shape.lora_params)
     model_flops = sum(2 * lin * n + 3 * 4 * shape.n_layer * shape.d_model * n * n for n in lengths)
-    print(f"speed: model {args.model}, {shape.total_params / 1e6:.1f}M parameters ({path})")
+    print(f"speed: model {args.model}, {shape.total_params / 1e6:.1f}M parameters ({path}), one epoch, "
+          f"{args.repeats} rounds")
     print(f"data: {len(ex)} examples, lengths min {lengths[0]} median {lengths[len(lengths) // 2]} mean "
           f"{sum(lengths) / len(lengths):.0f} max {lengths[-1]} (max length {args.max_length}); "
           f"{useful} useful (response) tokens, {sum(lengths)} non-padding tokens")
@@ -146,16 +158,19 @@ def speed_phase(args, names: list[str], tmp: Path) -> dict:
           f"(native bf16: {cpu_has_fast_bf16()}), torch threads {torch.get_num_threads()}, "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     (tmp / "speed-rows.json").write_text(json.dumps({"train": train_rows, "eval": eval_rows}))
-    work = {"phase": "speed", "model": path, "rows": str(tmp / "speed-rows.json"), "max_length": args.max_length,
+    work = {"model": path, "rows": str(tmp / "speed-rows.json"), "max_length": args.max_length,
             "pad_id": tok.pad_token_id, "epochs": 1, "lr": LR, "trl_bf16": args.trl_bf16,
             "lora_train_overrides": args.lora_train}
-    rounds = run_contenders(names, args.repeats, work, tmp)
+    return work, {"peaks": peaks, "useful_tokens": useful, "model_flops": model_flops}
+
+
+def speed_results(rounds: list[list[dict]], info: dict) -> dict:
     for got in rounds:
         for r in got:
-            r["useful_tokens_per_s"] = useful / r["train_s"]
-            r["useful_tokens_per_cpu_s"] = useful / r["cpu_s"]
-            r["mfu_fp32"] = model_flops / r["train_s"] / peaks["float32"]
-    return {"peaks": peaks, "useful_tokens": useful, "model_flops": model_flops, "rounds": rounds}
+            r["useful_tokens_per_s"] = info["useful_tokens"] / r["train_s"]
+            r["useful_tokens_per_cpu_s"] = info["useful_tokens"] / r["cpu_s"]
+            r["mfu_fp32"] = info["model_flops"] / r["train_s"] / info["peaks"]["float32"]
+    return info | {"rounds": rounds}
 
 
 def speed_table(speed: dict, names: list[str]) -> str:
@@ -177,10 +192,13 @@ def speed_table(speed: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def quality_phase(args, names: list[str], tmp: Path) -> dict:
+def quality_setting(args, tmp: Path) -> tuple[dict, float]:
+    """The quality phase's work for the contenders, and the untrained base's eval loss on it."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from learnable import make_rows as learnable_rows
+    from throughput_contenders import eval_loss, load_base
 
     path = model_path("tiny")
     tok = AutoTokenizer.from_pretrained(path)
@@ -188,29 +206,29 @@ def quality_phase(args, names: list[str], tmp: Path) -> dict:
     train_rows, eval_rows = rows[:args.quality_examples], rows[args.quality_examples:]
     lengths = sorted(len(e["input_ids"]) for e in examples(train_rows, tok, args.quality_max_length))
     steps = math.ceil(len(train_rows) / 8) * args.quality_epochs
-    print(f"\nquality: model tiny, learnable task (benchmarks/learnable.py), {len(train_rows)} examples (lengths "
+    print(f"quality: model tiny, learnable task (benchmarks/learnable.py), {len(train_rows)} examples (lengths "
           f"{lengths[0]}-{lengths[-1]} tokens), {len(eval_rows)} held out, {args.quality_epochs} epochs = {steps} "
           f"steps of 8, lr {args.quality_lr}, max length {args.quality_max_length}", flush=True)
     (tmp / "quality-rows.json").write_text(json.dumps({"train": train_rows, "eval": eval_rows}))
-    work = {"phase": "quality", "model": path, "rows": str(tmp / "quality-rows.json"),
-            "max_length": args.quality_max_length, "pad_id": tok.pad_token_id, "epochs": args.quality_epochs,
-            "lr": args.quality_lr, "trl_bf16": args.trl_bf16, "lora_train_overrides": args.lora_train}
-    got = run_contenders(["base", *names], 1, work, tmp)[0]
-    return {"base": got[0]["eval_loss"], "results": got[1:]}
+    work = {"model": path, "rows": str(tmp / "quality-rows.json"), "max_length": args.quality_max_length,
+            "pad_id": tok.pad_token_id, "epochs": args.quality_epochs, "lr": args.quality_lr,
+            "trl_bf16": args.trl_bf16, "lora_train_overrides": args.lora_train}
+    # The untrained base: an adapter at initialisation computes exactly the base (LoRA's B starts at zero).
+    hf_logging.disable_progress_bar()
+    base, _ = load_base(path)
+    return work, eval_loss(base, examples(eval_rows, tok, args.quality_max_length), tok.pad_token_id)
 
 
-def quality_report(quality: dict) -> tuple[str, bool]:
-    base = quality["base"]
+def quality_report(base: float, results: list[dict]) -> tuple[str, bool]:
     bound = (1 - QUALITY_DROP) * base
     lines = [f"| contender | eval loss | vs untrained base ({base:.4f}) | at least {QUALITY_DROP:.0%} below? |",
              "|---|---|---|---|"]
     ok = True
-    for r in quality["results"]:
-        passed = r["eval_loss"] <= bound
-        ok &= passed
-        lines.append(f"| {r['contender']} | {r['eval_loss']:.4f} | {r['eval_loss'] / base - 1:+.1%} | "
-                     f"{'yes' if passed else 'NO'} |")
-    losses = [r["eval_loss"] for r in quality["results"]]
+    for r in results:
+        loss = r["quality"]["eval_loss"]
+        ok &= loss <= bound
+        lines.append(f"| {r['contender']} | {loss:.4f} | {loss / base - 1:+.1%} | {'yes' if loss <= bound else 'NO'} |")
+    losses = [r["quality"]["eval_loss"] for r in results]
     lines.append("")
     lines.append(f"quality check {'PASSED' if ok else 'FAILED'}: "
                  + (f"every contender's eval loss is at least {QUALITY_DROP:.0%} below the untrained base's "
@@ -231,9 +249,11 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the speed phase (at least 3 for a spread)")
     ap.add_argument("--quality-examples", type=int, default=256)
     ap.add_argument("--quality-eval-examples", type=int, default=32)
-    ap.add_argument("--quality-epochs", type=int, default=4)
+    ap.add_argument("--quality-epochs", type=int, default=3)
     ap.add_argument("--quality-max-length", type=int, default=128)
-    ap.add_argument("--quality-lr", type=float, default=2e-3)
+    ap.add_argument("--quality-lr", type=float, default=1e-2)
+    ap.add_argument("--threads", type=int, help="torch threads per process (default: torch's own, all cores); "
+                    "1 on a machine shared with other jobs, where spinning threads wait on each other")
     ap.add_argument("--phases", default="speed,quality", help="speed, quality or both")
     ap.add_argument("--reduced", action="store_true", help="a smaller setting: " + ", ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in REDUCED.items()))
@@ -255,20 +275,26 @@ def main() -> None:
     if unknown or args.repeats < 1:
         sys.exit(f"unknown contender(s) {unknown}: pick from {CONTENDERS}" if unknown else "--repeats must be >= 1")
     phases = set(args.phases.split(","))
+    if args.threads:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     started, load = time.time(), os.getloadavg()
     print(f"command: python benchmarks/throughput.py {' '.join(sys.argv[1:])}\nload average at start: {load[0]:.2f}")
     out: dict = {"args": vars(args), "load_at_start": load}
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
-        if "speed" in phases:
-            out["speed"] = speed_phase(args, names, Path(tmp))
-        if "quality" in phases:
-            out["quality"] = quality_phase(args, names, Path(tmp))
-    if "speed" in out:
+        speed, info = speed_setting(args, Path(tmp)) if "speed" in phases else (None, None)
+        quality, base = quality_setting(args, Path(tmp)) if "quality" in phases else (None, None)
+        rounds = run_contenders(names, args.repeats if speed else 1, speed, quality, Path(tmp), args.threads)
+    if speed:
+        out["speed"] = speed_results(rounds, info)
         print(f"\nspeed, one epoch, {args.repeats} rounds: median (min-max) over the rounds; speed ratios are per "
               f"round (row's useful tok/s over column's)\n\n" + speed_table(out["speed"], names))
-    if "quality" in out:
-        table, ok = quality_report(out["quality"])
+    if quality:
+        out["quality"] = {"base": base, "results": rounds[0]}
+        table, ok = quality_report(base, rounds[0])
         print("\nquality, eval loss after training on the learnable task:\n\n" + table)
     print(f"\nwhole harness: {(time.time() - started) / 60:.1f} min; load average after: {os.getloadavg()[0]:.2f}")
     if args.json:

@@ -3,9 +3,8 @@
     python benchmarks/throughput_contenders.py <contender> <work.json>
 
 trains on the examples the work file names and prints one `RESULT {json}` line: training time (wall and CPU),
-peak RSS and the eval loss of the trained adapter, computed by one shared function for every contender.
-`base` trains nothing: it reports the eval loss of the untrained base (LoRA's B starts at zero, so an adapter at
-initialisation computes exactly the base).
+peak RSS and the eval loss of the trained adapter, computed by one shared function for every contender; then the
+same for the quality setting when the work file holds one.
 
 Contenders (same examples, order seed, learning rate, schedule, batch 8, NF4 + double-quant base, LoRA r=8 on
 q_proj/v_proj, compute dtype = the hardware's):
@@ -195,27 +194,34 @@ def time_training() -> dict:
     return timing
 
 
-def main(name: str, work_file: str) -> None:
-    """One contender in this process: train, evaluate, print one JSON line."""
+def train_and_evaluate(name: str, work: dict, timing: dict) -> dict:
+    """Train contender `name` on the work's rows; its training time, CPU time and eval loss."""
+    import gc
+
     from transformers import AutoTokenizer
 
-    work = json.loads(Path(work_file).read_text())
     tok = AutoTokenizer.from_pretrained(work["model"])
-    work["tokenizer"] = tok
+    work = dict(work, tokenizer=tok, dir=tempfile.mkdtemp(prefix=f"bench-{name}-"))
     rows = json.loads(Path(work["rows"]).read_text())
-    eval_ex = examples(rows["eval"], tok, work["max_length"])
-    if name == "base":
-        base, _ = load_base(work["model"])
-        result = {"train_s": 0.0, "cpu_s": 0.0, "peak_rss_mib": peak_rss_mib()}
-        model = base
-    else:
-        train_ex = examples(rows["train"], tok, work["max_length"])
-        work["dir"] = tempfile.mkdtemp(prefix=f"bench-{name}-")
-        timing = time_training()
-        model, seconds = RUNNERS[name](work, train_ex, rows["train"])
-        # training's peak (the eval below only reloads the same base)
-        result = {"train_s": seconds, "cpu_s": timing["cpu_s"], "peak_rss_mib": peak_rss_mib()}
-    result["eval_loss"] = eval_loss(model, eval_ex, tok.pad_token_id)
+    train_ex = examples(rows["train"], tok, work["max_length"])
+    model, seconds = RUNNERS[name](work, train_ex, rows["train"])
+    out = {"train_s": seconds, "cpu_s": timing["cpu_s"]}
+    out["eval_loss"] = eval_loss(model, examples(rows["eval"], tok, work["max_length"]), tok.pad_token_id)
+    del model
+    gc.collect()
+    return out
+
+
+def main(name: str, work_file: str) -> None:
+    """One contender in this process: train and evaluate (the speed setting, then the quality setting when the work
+    file has one: one process start for both), print one JSON line."""
+    work = json.loads(Path(work_file).read_text())
+    timing, result = time_training(), {}
+    if work.get("speed"):
+        result = train_and_evaluate(name, work["speed"], timing)
+        result["peak_rss_mib"] = peak_rss_mib()  # the speed run's peak (its eval only reloads the same base)
+    if work.get("quality"):
+        result["quality"] = train_and_evaluate(name, work["quality"], timing)
     print("RESULT " + json.dumps({"contender": name, **result}), flush=True)
 
 

@@ -5,22 +5,13 @@ reason it cannot run here, and every link between those pages points at a file a
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHELL_LANGS = {"bash", "sh", "shell", "console"}
-PROJECT = {"lora-train", "lora-data", "lora-merge", "lora-generate", "lora-serve", "lora-eval"}
-TOOLS = {"python", "python3", "pip", "accelerate", "torchrun"}
-COMPOUND = re.compile(r"\|\||&&|[|;<>`&]")  # several commands, pipes, redirections: only run as listed in FULL
-EXPANSION = re.compile(r"\$")  # $(...), $VAR, $'...': the shell must expand it, so the example runs under bash
+from doc_examples import (COMPOUND, PROJECT, ROOT, Example, bash_words, broken_links, command_of, is_cheap, pages,
+                          run_console, run_shell, shell_examples, slug)
 
 # Examples that cannot run here, each with why. The key is the command as written, without its trailing comment.
 LISTED: dict[str, str] = {
@@ -52,6 +43,11 @@ LISTED: dict[str, str] = {
     "experiment=gpt4all_j_lora_6b": "needs two nodes of 8 GPUs",
     'lora-train run_name=my-run train.save_steps=50 resume=auto || { [ $? -eq 75 ] && scontrol requeue '
     '"$SLURM_JOB_ID"; }': "needs a Slurm job (tests/training/test_resume.py checks exit status 75 and resume=auto)",
+    # real work that other tests already do on the tiny model, at minutes per run here
+    "torchrun --standalone --nproc_per_node 2 $(which lora-train) experiment=debug":
+        "two training processes; tests/training/test_distributed.py runs this launch and compares it with one",
+    "lora-train -m sweep=optuna experiment=debug hydra.sweeper.n_trials=8":
+        "eight trainings (Optuna needs finished trials, so no dry run); tests/training/test_sweep.py runs the preset",
     # long benchmarks: their results and commands are in BENCHMARKS.md
     "python benchmarks/throughput.py --model tiny --examples 32 --max-length 1024": "a benchmark of several minutes",
     "python benchmarks/throughput.py --model 100m --examples 32 --max-length 1024": "a benchmark of ~15 minutes",
@@ -65,7 +61,7 @@ LISTED: dict[str, str] = {
         "needs a Slurm cluster (submitit calls sbatch)",
     "lora-train -m sweep=optuna experiment=gpt4all_j_lora_6b hydra.sweeper.n_trials=12 "
     "\"hydra.sweeper.params={lora.r: 'choice(8, 16)'}\"": "needs a GPU and the Hub (Optuna needs finished trials, "
-                                                         "so no dry run; docs/scale.md runs the same sweep on debug)",
+                                                         "so no dry run)",
 }
 
 # Examples run fully, as written (True: slow, so only without `-m "not slow"`). Needs what `world` provides.
@@ -81,98 +77,12 @@ FULL: dict[str, bool] = {
     "lora-data data.source=qa.csv '+data.columns={prompt: question, response: answer}'": False,
     "lora-data data.source=alpaca.json data.format=alpaca data.template=alpaca": False,
     "lora-data data.source=chats.jsonl data.format=chat": False,
-    # real training, merging, generation and evaluation on the tiny model
+    # real training, merging and generation on the tiny model
     "lora-train experiment=debug run_name=run-a train.learning_rate=5e-3": True,
     "lora-merge adapter=adapters/run-a output=merged/run-a": True,
     'lora-generate adapters=[run-a,base] prompt="Tell me a joke" stream=false sampling.max_new_tokens=16': True,
-    "lora-eval adapters=[adapters/run-a] eval.tasks=[]": True,
     "lora-merge adapters=[adapters/a,adapters/b] weights=[0.7,0.3] combination=cat output=adapters/a_plus_b": True,
-    "torchrun --standalone --nproc_per_node 2 $(which lora-train) experiment=debug": True,
-    "lora-train -m sweep=optuna experiment=debug hydra.sweeper.n_trials=8": True,  # Optuna needs finished trials
 }
-
-# Examples checked with a suffix (see as_checked) that still take long: only in the slow run.
-SLOW_CHECKS: set[str] = set()
-
-
-@dataclass(frozen=True)
-class Example:
-    page: str  # path relative to the repository root
-    line: int  # 1-based line of the command's first line
-    text: str  # the command as a reader types it, continuation lines joined, trailing comment removed
-
-    @property
-    def where(self) -> str:
-        return f"{self.page}:{self.line}"
-
-
-def strip_comment(line: str) -> str:
-    """The line without a trailing `# comment` (a `#` outside quotes that starts a word)."""
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].rstrip()
-    return line.rstrip()
-
-
-def pages() -> list[Path]:
-    return [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
-
-
-def command_of(text: str) -> str | None:
-    """The program an example runs (after any VAR=value prefixes), or None when it cannot be split."""
-    try:
-        words = shlex.split(text)
-    except ValueError:
-        return None
-    words = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)] if words else []
-    return words[0] if words else None
-
-
-def shell_examples(paths: list[Path] | None = None) -> list[Example]:
-    """Every command of this project or of python/pip/accelerate/torchrun in a ```bash/sh/shell/console block."""
-    found = []
-    for path in paths or pages():
-        if not path.exists():
-            continue
-        lines = path.read_text(encoding="utf-8").splitlines()
-        lang, i = None, 0
-        while i < len(lines):
-            raw = lines[i]
-            fence = re.match(r"^\s*```+\s*([\w+-]*)", raw)
-            if fence:
-                lang = None if lang is not None else (fence.group(1).lower() or "")
-                i += 1
-                continue
-            start = i
-            if lang not in SHELL_LANGS:
-                i += 1
-                continue
-            text = raw.strip()
-            while text.endswith("\\") and i + 1 < len(lines):  # a command continued on the next line
-                i += 1
-                text = text[:-1].rstrip() + " " + lines[i].strip()
-            i += 1
-            if lang == "console":
-                if not text.startswith("$ "):
-                    continue  # output shown after a command
-                text = text[2:]
-            text = strip_comment(text.removeprefix("$ "))
-            cmd = command_of(text)
-            if text and (cmd is None or cmd in PROJECT or cmd in TOOLS):
-                page = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-                found.append(Example(str(page), start + 1, text))
-    return found
-
-
-def is_cheap(argv: list[str]) -> bool:
-    """Already a look at the config or the help, not the work itself."""
-    return any(a in ("--cfg", "-c", "--help", "-h", "--info", "--hydra-help") or a == "dry_run=true" for a in argv)
 
 
 def as_checked(ex: Example) -> tuple[str, str, list[str]]:
@@ -191,45 +101,6 @@ def as_checked(ex: Example) -> tuple[str, str, list[str]]:
     # A long command is checked as far as it goes without doing the work: lora-train prints its plan (each job of a
     # sweep too), the other commands their composed config; both catch renamed keys, bad values, missing groups.
     return "cheap", ex.text, ["dry_run=true"] if argv[0] == "lora-train" else ["--cfg", "job"]
-
-
-def shell_env() -> dict[str, str]:
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-
-
-def bash_words(text: str, cwd: Path) -> list[str]:
-    """The argv bash would build from `text` (quotes, $'...', $(...), globs), without running the command."""
-    if not EXPANSION.search(text) and not re.search(r"[*?\[]", text.replace("'", " ").replace('"', " ")):
-        return shlex.split(text)
-    proc = subprocess.run(["bash", "-c", f"printf '%s\\0' {text}"], cwd=cwd, capture_output=True, text=True,
-                          env=shell_env(), timeout=60)
-    assert proc.returncode == 0, f"bash cannot expand `{text}`: {proc.stderr}"
-    return proc.stdout.split("\0")[:-1]
-
-
-def run_console(argv: list[str]) -> int:
-    """Run a console script in this process through its installed entry point, with `argv` as its command line."""
-    from importlib.metadata import entry_points
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    (entry,) = entry_points(group="console_scripts", name=argv[0])
-    main = entry.load()
-    saved = sys.argv
-    GlobalHydra.instance().clear()
-    sys.argv = list(argv)
-    try:
-        main()
-        return 0
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = saved
-        GlobalHydra.instance().clear()
-
-
-def run_shell(text: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", text], cwd=cwd, capture_output=True, text=True, timeout=900, env=shell_env())
 
 
 def sample_rows() -> list[dict]:
@@ -314,7 +185,7 @@ def params(kind: str) -> list:
         if mode == "listed" or ex.text in seen:  # the same command on two pages is checked once
             continue
         seen.add(ex.text)
-        slow = FULL.get(ex.text, ex.text in SLOW_CHECKS)
+        slow = FULL.get(ex.text, False)
         if kind == ("slow" if slow else "full" if mode == "full" else "cheap"):
             chosen.append(pytest.param(ex, id=ex.where, marks=[pytest.mark.slow] if slow else []))
     return chosen
@@ -361,51 +232,8 @@ def test_slow_example_runs(ex: Example, scratch: Path, capsys, request):
 def test_lists_name_only_examples_that_exist():
     """A listed or fully-run example that was edited away from the docs must leave the lists too."""
     texts = {ex.text for ex in EXAMPLES}
-    stale = sorted(set(LISTED) - texts) + sorted(set(FULL) - texts) + sorted(SLOW_CHECKS - texts)
+    stale = sorted(set(LISTED) - texts) + sorted(set(FULL) - texts)
     assert not stale, f"tests/test_docs.py lists examples that no page contains any more: {stale}"
-
-
-def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: the rendered text lower-cased, punctuation dropped, spaces as hyphens."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link renders as its text
-    text = re.sub(r"<[^>]+>", "", text).strip().lower()
-    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
-
-
-def anchors(page: Path) -> set[str]:
-    """Every anchor GitHub makes for the page's headings (a repeated one gets -1, -2, ...)."""
-    seen: dict[str, int] = {}
-    fence = False
-    for line in page.read_text(encoding="utf-8").splitlines():
-        if re.match(r"^\s*```", line):
-            fence = not fence
-        heading = None if fence else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if heading:
-            base = slug(heading.group(1))
-            seen[base] = seen.get(base, -1) + 1
-            seen.setdefault(f"{base}-{seen[base]}" if seen[base] else base, 0)
-    return set(seen)
-
-
-def broken_links(page: Path) -> list[str]:
-    """`file:line: target (why)` for each relative link of the page whose file or #anchor does not exist."""
-    problems, fence = [], False
-    for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
-        if re.match(r"^\s*```", line):
-            fence = not fence
-        if fence:
-            continue
-        for target in re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", re.sub(r"`[^`]*`", "", line)):
-            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...: not ours to check
-                continue
-            path, _, anchor = target.partition("#")
-            dest = (page.parent / path).resolve() if path else page
-            where = f"{page.relative_to(ROOT) if page.is_relative_to(ROOT) else page}:{n}: {target}"
-            if not dest.exists():
-                problems.append(f"{where} (no such file)")
-            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
-                problems.append(f"{where} (no heading with that anchor in {dest.name})")
-    return problems
 
 
 def test_links_between_pages_resolve():

@@ -11,7 +11,7 @@ import typing
 import pytest
 from hydra.errors import HydraException
 
-from conftest import need_module
+from conftest import need_module, run_cli
 
 need_module("hypothesis", "dev")  # a skip without it (a failure under LORA_TRAIN_STRICT_SKIPS=1), not an import error
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -63,6 +63,11 @@ def override_text(key: str, value) -> str:
     return f"{key}={text}"
 
 
+def fails_clearly(error: Exception, overrides: list[tuple[str, object]], texts: list[str]) -> bool:
+    """Hydra's, OmegaConf's or our own message names the override or the key."""
+    return any(k.split(".")[-1] in str(error) or t in str(error) for k, t in zip([k for k, _ in overrides], texts))
+
+
 @given(overrides=st.lists(st.tuples(st.sampled_from(KEYS), SCALARS), min_size=1, max_size=3))
 @FAST
 def test_invalid_overrides_fail_clearly_before_anything_is_written(tmp_path, overrides):
@@ -70,10 +75,9 @@ def test_invalid_overrides_fail_clearly_before_anything_is_written(tmp_path, ove
     texts = [override_text(k, v) for k, v in overrides]
     try:
         cfg = compose("train", texts)
-    except (HydraException, OmegaConfBaseException) as e:
-        # Hydra's own message names the override or the key.
-        assert any(k.split(".")[-1] in str(e) or t in str(e) for k, t in zip(
-            [k for k, _ in overrides], texts)), str(e)
+    except (HydraException, OmegaConfBaseException, UserError) as e:
+        # Hydra's own message (or ours, for what Hydra would answer with a stack trace) names the override or the key.
+        assert fails_clearly(e, overrides, texts), str(e)
         return
     cfg.adapters_dir, cfg.dry_run = str(out), True
     try:
@@ -81,11 +85,6 @@ def test_invalid_overrides_fail_clearly_before_anything_is_written(tmp_path, ove
     except UserError as e:
         assert str(e).strip() and "Traceback" not in str(e)
     assert not out.exists() or not any(out.iterdir()), "a dry run wrote something"
-
-
-def fails_clearly(error: Exception, overrides: list[tuple[str, object]], texts: list[str]) -> bool:
-    """Hydra's, OmegaConf's or our own message names the override or the key."""
-    return any(k.split(".")[-1] in str(error) or t in str(error) for k, t in zip([k for k, _ in overrides], texts))
 
 
 @pytest.mark.parametrize("command", sorted(SCHEMAS))
@@ -116,6 +115,14 @@ def test_a_setting_of_an_unset_group_says_which_group_to_choose(command, group):
         with pytest.raises(UserError, match="write quant=none instead$"):
             compose(command, ["quant.mode=none"])
         assert compose(command, ["quant=none", "quant.double_quant=false"]).quant.mode.value == "none"
+
+
+@pytest.mark.parametrize("command", ["lora-serve", "lora-generate", "lora-eval"])
+def test_the_console_scripts_answer_an_unset_group_setting_with_one_line(command, tmp_path):
+    proc = run_cli(command, "quant.mode=none", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [proc.stderr.strip()]  # one line
+    assert proc.stderr.startswith("error: quant.mode=none: ") and proc.stderr.strip().endswith("write quant=none instead")
 
 
 # Boundary values a random search rarely draws: each must be refused by name before anything loads.

@@ -86,6 +86,7 @@ function finished() {
     for (const col of c.columns) col.pickButton.hidden = false;
     notice("Pick the answer you like best to see which model wrote which.");
   }
+  refresh();  // generating may have loaded adapters: show them as loaded
   const ready = !c.blind || c.favourite;
   $("export-json").disabled = !ready;
   $("export-md").disabled = !ready;

@@ -295,7 +295,7 @@ def settings(d, **values) -> None:
 
 def test_same_seed_and_continued_chat_send_what_the_api_answers(server, page):
     open_page(page, server["url"])
-    settings(page, **{"same-seed": True, "seed": "", "chat-mode": False})
+    settings(page, **{"same-seed": True, "seed": "", "chat-mode": False, "max_tokens": MAX_TOKENS})
     js(page, "document.getElementById('temperature').value = '1'")
     for box in page.find_elements("css selector", "#models input"):
         if (box.get_attribute("value") in ("alpha", "beta")) != box.is_selected():
@@ -350,7 +350,7 @@ def test_stop_ends_every_column_and_the_server_stops_generating(server, page):
 def test_unload_and_load_buttons_use_the_admin_api(server, page):
     open_page(page, server["url"])
     resident = lambda: json.loads(get(server["url"] + "/admin/adapters")[2])["resident"]  # noqa: E731
-    badge = lambda: page.find_element("css selector", ".adapter[data-name='beta'] .badge").text  # noqa: E731
+    badge = lambda: js(page, "return document.querySelector(\".adapter[data-name='beta'] .badge\").textContent")  # noqa
     page.find_element("css selector", ".adapter[data-name='beta'] .unload").click()
     wait(page, lambda: badge() == "on disk", "beta's badge to say it is unloaded", 60)
     assert "beta" not in resident()
@@ -390,6 +390,14 @@ def test_playground_is_on_by_default_only_on_loopback():
     assert all(playground.enabled(None, h) for h in ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
     assert not any(playground.enabled(None, h) for h in ["0.0.0.0", "192.168.1.5", "example.org", "::"])
     assert playground.enabled(True, "0.0.0.0") and not playground.enabled(False, "127.0.0.1")
+    from lora_train import compose
+    from lora_train.config import typed
+    from lora_train.schemas.infer import ServeJob
+
+    assert typed(compose("serve", []), ServeJob).playground is None
+    assert typed(compose("serve", ["playground=false"]), ServeJob).playground is False
+    with pytest.raises(Exception, match="playground"):
+        compose("serve", ["playground=sometimes"])
 
 
 def test_without_the_playground_the_api_still_carries_the_policy():

@@ -119,6 +119,31 @@ def test_summary_of_jobs_that_ended_differently():
         float(sweep.Failed("lora.r=0 is out of range"))
 
 
+def test_a_job_that_crashed_is_in_the_summary_written_after_it(tmp_path):
+    """A job failing with something other than a user error (a bug, out of memory) is listed too, and the summary
+    exists as soon as a job ends, even if the sweeper then stops the sweep."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    def config(num: int, r: str):
+        return OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path / str(num))}, "job": {"num": num},
+                                           "overrides": {"task": [f"lora.r={r}"]}, "sweep": {"dir": str(tmp_path)}}})
+
+    callback = sweep.SweepSummary()
+    (tmp_path / "0").mkdir()
+    callback.on_job_end(config(0, "4"), JobReturn(status=JobStatus.FAILED, _return_value=MemoryError("out of RAM")))
+    assert summary_rows(tmp_path)[0]["error"] == "MemoryError: out of RAM"
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / sweep.RECORD).write_text(json.dumps({"num": 1, "overrides": ["lora.r=0"], "status": "failed",
+                                                            "error": "lora.r=0 is out of range"}))
+    callback.on_job_end(config(1, "0"), JobReturn(status=JobStatus.COMPLETED, _return_value=sweep.Failed("x")))
+    assert [(r["job"], r["status"], r["error"]) for r in summary_rows(tmp_path)] == [
+        ("0", "failed", "MemoryError: out of RAM"), ("1", "failed", "lora.r=0 is out of range")]
+    with pytest.raises(SystemExit) as stop:
+        callback.on_multirun_end(config(1, "0"))
+    assert stop.value.code == 1
+
+
 def compose_hydra(*overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_module("lora_train.conf", version_base="1.3"):

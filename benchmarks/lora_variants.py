@@ -135,11 +135,15 @@ def table(results: list[dict], plain: str = PLAIN) -> list[str]:
         gain = statistics.mean(gains) if gains else math.nan
         step = statistics.mean(r["step_s"] for r in runs.values())
         verdict = "-" if name == plain else ("yes" if gain > spread else ("worse" if -gain > spread else "no"))
-        if len(base) < 2 or len(gains) < 2:
-            verdict = f"{verdict}; {len(gains)} paired seed(s), too few to tell" if name != plain else verdict
+        if name != plain and (len(base) < 2 or len(gains) < 2):
+            verdict = f"cannot tell ({len(gains)} paired seed)"
         lines.append(f"| {name} | {statistics.mean(losses):.4f} ({min(losses):.4f} - {max(losses):.4f}) | "
                      f"{gain:+.4f} | {step:.3f} | {step / plain_step:.2f}x | {verdict} |")
     lines.append(f"\nSpread of LoRA (NF4) over seeds (the bar a gain must clear): {spread:.4f}")
+    for name, runs in by.items():
+        if len(runs) > 1:
+            losses = [r["eval_loss"] for r in runs.values()]
+            lines.append(f"Spread of {name} over {len(runs)} seeds: {max(losses) - min(losses):.4f}")
     return lines
 
 

@@ -173,7 +173,8 @@ def speed_results(rounds: list[list[dict]], info: dict) -> dict:
     return info | {"rounds": rounds}
 
 
-def speed_table(speed: dict, names: list[str]) -> str:
+def speed_table(speed: dict, names: list[str], key: str = "useful_tokens_per_s") -> str:
+    """Per contender: median (min-max) over the rounds; its speed by `key` over every other's, round by round."""
     rounds = speed["rounds"]
     by = {n: [next(r for r in got if r["contender"] == n) for got in rounds] for n in names}
     head = ("| contender | useful tok/s | epoch s | CPU s | peak RSS MiB | eval loss | MFU vs fp32 peak | "
@@ -184,7 +185,7 @@ def speed_table(speed: dict, names: list[str]) -> str:
         ratios = []
         for o in names:  # per round: this contender's throughput over the other's from the same round
             ratios.append("-" if o == n else spread(
-                [a["useful_tokens_per_s"] / b["useful_tokens_per_s"] for a, b in zip(rs, by[o])], "{:.2f}x"))
+                [a[key] / b[key] for a, b in zip(rs, by[o])], "{:.2f}x"))
         lines.append(f"| {n} | {spread([r['useful_tokens_per_s'] for r in rs], '{:.0f}')} | "
                      f"{spread([r['train_s'] for r in rs], '{:.1f}')} | {spread([r['cpu_s'] for r in rs], '{:.1f}')} | "
                      f"{max(r['peak_rss_mib'] for r in rs):.0f} | {spread([r['eval_loss'] for r in rs], '{:.4f}')} | "
@@ -292,6 +293,9 @@ def main() -> None:
         out["speed"] = speed_results(rounds, info)
         print(f"\nspeed, one epoch, {args.repeats} rounds: median (min-max) over the rounds; speed ratios are per "
               f"round (row's useful tok/s over column's)\n\n" + speed_table(out["speed"], names))
+        print("\nthe same with speed ratios by CPU time (useful tokens per CPU second: the work done, which the "
+              "neighbours of a shared machine disturb less than wall time)\n\n"
+              + speed_table(out["speed"], names, "useful_tokens_per_cpu_s"))
     if quality:
         out["quality"] = {"base": base, "results": rounds[0]}
         table, ok = quality_report(base, rounds[0])

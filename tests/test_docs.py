@@ -50,7 +50,7 @@ LISTED: dict[str, str] = {
         "eight trainings (Optuna needs finished trials, so no dry run); tests/training/test_sweep.py runs the preset",
     # long benchmarks: their results and commands are in BENCHMARKS.md
     "python benchmarks/throughput.py --model tiny --examples 32 --max-length 1024": "a benchmark of several minutes",
-    "python benchmarks/throughput.py --model 100m --examples 32 --max-length 1024": "a benchmark of ~15 minutes",
+    "python benchmarks/throughput.py --model 100m --examples 32 --max-length 1024": "a benchmark of ~60 minutes",
     "python benchmarks/packing_step.py --model tiny": "a benchmark (minutes of repeated timing)",
     "python benchmarks/data_prep.py --rows 10000": "a benchmark (minutes of repeated timing)",
     "python benchmarks/load_memory.py": "a benchmark loading a 304M-parameter model three times",

@@ -22,7 +22,7 @@ from lora_train.schemas.infer import GenerateJob, Scheduler, ServeJob
 PROMPTS = ["Tell me a joke about cats", "What is the capital of France?", "Write a haiku", "Hi",
            "Explain the theory of relativity in simple words please"]
 ADAPTERS = ["alpha", "beta", "base", "alpha", "beta"]
-LENGTHS = [40, 5, 9, 16, 20]
+LENGTHS = [24, 5, 9, 12, 16]
 
 
 @pytest.fixture(scope="module")

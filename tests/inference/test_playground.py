@@ -183,6 +183,7 @@ def exported(d, suffix: str) -> Path:
     return found
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_three_columns_show_what_lora_generate_gives(server, expected, page, tmp_path):
     page.get(server["url"] + "/")
     js(page, "sessionStorage.clear()")
@@ -215,6 +216,7 @@ def test_three_columns_show_what_lora_generate_gives(server, expected, page, tmp
         assert f"## {model}\n" in md and f"\n{text}\n" in md
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_adapter_card_shows_losses_and_the_plot_fetched_with_the_key(server, page):
     metrics = json.loads((server["adapters"] / "alpha" / "metrics.json").read_text())
     open_page(page, server["url"])
@@ -234,6 +236,7 @@ def test_adapter_card_shows_losses_and_the_plot_fetched_with_the_key(server, pag
     assert status == 200 and headers["content-type"] == "image/png" and body.startswith(b"\x89PNG")
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_a_prompt_longer_than_the_context_shows_the_servers_error(server, page):
     open_page(page, server["url"])
     [column] = compare(page, ["alpha"], "cats and dogs " * 1500)
@@ -242,6 +245,7 @@ def test_a_prompt_longer_than_the_context_shows_the_servers_error(server, page):
     assert "error" in column.find_element("css selector", ".stats").text
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_blind_mode_hides_names_until_a_pick_then_reveals_the_right_ones(server, expected, page):
     open_page(page, server["url"])
     columns = compare(page, ["tiny-gptj", "alpha", "beta"], PROMPT, blind=True)
@@ -258,6 +262,7 @@ def test_blind_mode_hides_names_until_a_pick_then_reveals_the_right_ones(server,
     page.find_element("id", "blind").click()  # back to named columns for the tests after this one
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_markup_in_an_output_or_a_card_is_text_and_never_runs(server, page):
     open_page(page, server["url"])
     [column] = compare(page, ["markup"], MARKUP_PROMPT, max_tokens=64)
@@ -293,6 +298,7 @@ def settings(d, **values) -> None:
             js(d, "arguments[0].value = arguments[1]", el, str(value))
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_same_seed_and_continued_chat_send_what_the_api_answers(server, page):
     open_page(page, server["url"])
     settings(page, **{"same-seed": True, "seed": "", "chat-mode": False, "max_tokens": MAX_TOKENS})
@@ -329,6 +335,7 @@ def test_same_seed_and_continued_chat_send_what_the_api_answers(server, page):
     settings(page, **{"chat-mode": False})
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_stop_ends_every_column_and_the_server_stops_generating(server, page):
     open_page(page, server["url"])
     before = json.loads(get(server["url"] + "/health", key=None)[2])["cancelled"]
@@ -347,6 +354,7 @@ def test_stop_ends_every_column_and_the_server_stops_generating(server, page):
          "the server to cancel the row", 60)
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_unload_and_load_buttons_use_the_admin_api(server, page):
     open_page(page, server["url"])
     resident = lambda: json.loads(get(server["url"] + "/admin/adapters")[2])["resident"]  # noqa: E731
@@ -359,6 +367,7 @@ def test_unload_and_load_buttons_use_the_admin_api(server, page):
     assert "beta" in resident()
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_every_response_carries_a_content_security_policy(server):
     status, headers, body = get(server["url"] + "/", key=None)
     assert status == 200 and b"<script type=\"module\" src=\"/playground/app.js\">" in body
@@ -370,6 +379,7 @@ def test_every_response_carries_a_content_security_policy(server):
         assert headers["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_card_route_names_adapters_never_paths(server):
     status, _, body = get(server["url"] + "/v1/adapters/nope")
     err = json.loads(body)["error"]
@@ -442,6 +452,7 @@ def test_card_facts_from_files_lora_eval_and_lora_train_write(tmp_path):
     assert eval_section("# no evaluation here\n") is None
 
 
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_a_stream_can_end_with_its_token_counts(server):
     body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5,
                        "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}).encode()

@@ -5,7 +5,6 @@ base, and handled by every command (train, merge, generate, eval) on the embedde
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from omegaconf import OmegaConf
 from lora_train import UserError, compose, train
 from lora_train.adapters import read_adapter
 from lora_train.model import load_base, peft_config, resolve_model
-from lora_train.schemas import LoraConfig, LoraInit, ModelConfig, QuantConfig, QuantMode
+from lora_train.schemas import LoraConfig, LoraInit, ModelConfig, QuantConfig
 from lora_train.training import init as I
 
 

@@ -168,3 +168,21 @@ def test_accelerate_launch_internals_used_by_the_preset_tests():
         from accelerate.commands.launch import _validate_launch_command, launch_command_parser  # noqa: F401
     except ImportError as e:
         pytest.fail(f"{_gone(api, 'tests/training/test_accelerate_presets.py')} ({e})", pytrace=False)
+
+
+@pytest.mark.parametrize("module,name,user", [
+    ("peft.utils.integrations", "dequantize_module_weight", "lora_train/training/init.py (LoftQ / PiSSA on a 4-bit base)"),
+    ("peft.tuners.lora", "LoraLayer", "lora_train/training/init.py"),
+    ("peft.optimizers", "create_loraplus_optimizer", "lora_train/training/init.py (train.loraplus_lr_ratio)"),
+    ("transformers.trainer_utils", "SchedulerType", "lora_train/training/plan.py (train.lr_scheduler names)"),
+    ("transformers.training_args", "OptimizerNames", "lora_train/training/plan.py (train.optim names)"),
+])
+def test_names_imported_from_library_submodules_still_exist(module, name, user):
+    import importlib
+
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except ImportError as e:
+        found = None
+        module = f"{module} ({e})"
+    assert found is not None, _gone(f"{module}.{name}", user)

@@ -246,6 +246,17 @@ def test_a_prompt_longer_than_the_context_shows_the_servers_error(server, page):
 
 
 @pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
+def test_a_stop_string_ends_the_column_before_it(server, expected, page):
+    whole = expected["alpha"]
+    stop = next(whole[i:i + 3] for i in range(4, len(whole) - 3) if "|" not in whole[i:i + 3])
+    open_page(page, server["url"])
+    js(page, "document.getElementById('stop-strings').value = arguments[0]", "never here|" + stop)
+    [column] = compare(page, ["alpha"], PROMPT)
+    assert text_of(column) == whole[:whole.index(stop)]
+    assert column.find_element("css selector", ".stats").text.endswith("ended (EOS or a stop string)")
+
+
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
 def test_blind_mode_hides_names_until_a_pick_then_reveals_the_right_ones(server, expected, page):
     open_page(page, server["url"])
     columns = compare(page, ["tiny-gptj", "alpha", "beta"], PROMPT, blind=True)

@@ -209,7 +209,7 @@ VARIANTS = {  # run name -> overrides; together they cover every init, DoRA, rsL
     "gaussian-rslora": ["lora.init=gaussian", "lora.use_rslora=true", "train.loraplus_lr_ratio=16"],
     "loftq-dora": ["lora=loftq", "lora.use_dora=true"],
     "loftq2": ["lora=loftq", "lora.loftq_iters=2"],
-    "pissa": ["lora.init=pissa", "lora.use_rslora=true"],
+    "pissa-rslora": ["lora.init=pissa", "lora.use_rslora=true"],
     "olora-dora": ["lora.init=olora", "lora.use_dora=true"],
 }
 

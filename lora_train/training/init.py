@@ -44,6 +44,9 @@ def check(lora: LoraConfig, quant: QuantConfig, loraplus_lr_ratio, sharded: bool
     if loraplus_lr_ratio is not None and not (0 < loraplus_lr_ratio < math.inf):
         raise UserError(f"train.loraplus_lr_ratio={loraplus_lr_ratio} is out of range: use a positive number "
                         "(the B matrices' learning rate / the A matrices'; 16 is a common start) or null")
+    if loraplus_lr_ratio is not None and sharded:
+        raise UserError("train.loraplus_lr_ratio builds the optimizer before FSDP / ZeRO-3 wrap the model, which they "
+                        "do not support; use data parallel (accelerate=ddp) or train.loraplus_lr_ratio=null")
     if lora.init in (LoraInit.default, LoraInit.gaussian):
         return
     if lora.init == LoraInit.loftq and quant.mode not in (QuantMode.nf4, QuantMode.fp4):

@@ -12,7 +12,7 @@ import pytest
 from serving_helpers import adapters_copy
 
 from lora_train import UserError
-from lora_train.inference.batching import Ticket
+from lora_train.inference.batching import QueueFull, Ticket
 from lora_train.inference.generate import complete
 from lora_train.inference.generation import GenParams, GenRequest, format_prompt, generate
 from lora_train.inference.registry import MultiAdapterModel
@@ -189,6 +189,24 @@ def test_a_flood_for_one_adapter_does_not_starve_another(host):
         w.submit("beta", GenRequest(format_prompt("Hi"), "beta", GenParams(max_new_tokens=3)))
         w.wait()
         assert w.order.index("beta") <= 2, w.order  # round-robin over adapters; in arrival order it would be last
+    finally:
+        batcher.close()
+
+
+def test_a_burst_beyond_the_queue_is_refused_and_the_queued_ones_are_served(host):
+    batcher = ContinuousBatcher(host, max_batch_size=1, wait_ms=0, max_queue=2)
+    try:
+        w = Waiter(batcher)
+        runner = w.submit("runner", GenRequest(format_prompt("Hi"), "base", GenParams(max_new_tokens=300)))
+        while w.tokens["runner"] < 1:
+            time.sleep(0.005)
+        for i in range(2):
+            w.submit(i, GenRequest(format_prompt(PROMPTS[i]), "alpha", GenParams(max_new_tokens=2)))
+        with pytest.raises(QueueFull, match="2 requests are already waiting"):
+            batcher.submit(Ticket(GenRequest(format_prompt("Hi"), "beta", GenParams(max_new_tokens=2))))
+        runner.cancelled.set()
+        w.wait()
+        assert [w.results[i].completion_tokens for i in range(2)] == [2, 2] and batcher.queued() == 0
     finally:
         batcher.close()
 

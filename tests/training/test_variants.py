@@ -69,6 +69,14 @@ def test_bad_variant_settings_are_refused_before_anything_loads(overrides, messa
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("override, message", [("lora.init=pissa", "FSDP / ZeRO-3 shard"),
+                                               ("train.loraplus_lr_ratio=16", "before FSDP / ZeRO-3 wrap")])
+def test_variants_that_need_whole_weights_refuse_sharded_training(override, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` exports under FSDP
+    with pytest.raises(UserError, match=message):
+        train(compose("train", [f"adapters_dir={tmp_path}", override]))
+
+
 def test_unknown_init_fails_at_compose_time():
     from hydra.errors import ConfigCompositionException
 

@@ -16,3 +16,7 @@ from lora_train.schemas.lora import LoraConfig, LoraInit
 from lora_train.schemas.model import TINY_GPTJ, DType, ModelConfig, QuantConfig, QuantMode
 from lora_train.schemas.train import TrainConfig, TrainJob
 from lora_train.schemas import curate, eval, infer, merge  # noqa: F401,E402  (register the other commands' schemas)
+
+__all__ = ["REFUSAL_PHRASES", "SAMPLE_DATA", "Curation", "DataConfig", "DataFormat", "DedupKey", "FilterStep",
+           "LoraConfig", "LoraInit", "TINY_GPTJ", "DType", "ModelConfig", "QuantConfig", "QuantMode", "TrainConfig",
+           "TrainJob"]

@@ -3,15 +3,20 @@ uvicorn server on 127.0.0.1 in a thread, and a small HTTP client that never rais
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from inference_helpers import train_two
 
 _TRAINED: dict[str, Path] = {}
@@ -73,3 +78,33 @@ def http(url: str, body: bytes | None = None, key: str | None = None, method: st
 def post_json(url: str, payload, key: str | None = None) -> tuple[int, dict]:
     status, raw = http(url, json.dumps(payload).encode(), key)
     return status, json.loads(raw)
+
+
+@contextlib.contextmanager
+def lora_serve_process(adapters: Path, root: Path, key: str, *args: str):
+    """A real `lora-serve` console script on 127.0.0.1 (a free port) serving `adapters`, its log in root/server.log;
+    yields (process, url) once /health answers, and stops the server afterwards."""
+    port = free_port()
+    log = open(root / "server.log", "w")
+    exe = Path(sys.executable).with_name("lora-serve")
+    proc = subprocess.Popen([str(exe), f"adapters_dir={adapters}", f"port={port}", "batch_wait_ms=20", *args], cwd=root,
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LORA_SERVE_API_KEY=key))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while True:
+        try:
+            if http(url + "/health")[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail("lora-serve did not start:\n" + (root / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    try:
+        yield proc, url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()

@@ -10,12 +10,9 @@ Without Chromium these tests skip with the reason (fail under LORA_TRAIN_STRICT_
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need, need_module
+from serving_helpers import lora_serve_process
 from inference_helpers import cli, fit_adapter, train_two
 
 KEY = "playground-key"
@@ -77,27 +75,8 @@ def server(tmp_path_factory, model_cache):
     train_two(adapters)
     fit_adapter(adapters / "markup", adapters / "alpha", MARKUP_PROMPT, MARKUP)
     markup_card(adapters / "markup")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    exe = Path(sys.executable).with_name("lora-serve")
-    proc = subprocess.Popen([str(exe), f"adapters_dir={adapters}", f"port={port}", "batch_wait_ms=20"], cwd=root,
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LORA_SERVE_API_KEY=KEY))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while True:
-        try:
-            if get(url + "/health", key=None)[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("lora-serve did not start:\n" + (root / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield {"url": url, "root": root, "adapters": adapters}
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    with lora_serve_process(adapters, root, KEY) as (proc, url):
+        yield {"url": url, "root": root, "adapters": adapters}
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
+from serving_helpers import lora_serve_process
 from inference_helpers import cli, foreign_adapter, train_two
 
 from conftest import need_module
@@ -47,28 +44,9 @@ def server(tmp_path_factory, model_cache):
     adapters = root / "adapters"
     train_two(adapters)
     foreign_adapter(adapters / "foreign")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    exe = Path(sys.executable).with_name("lora-serve")
-    proc = subprocess.Popen([str(exe), f"adapters_dir={adapters}", f"port={port}", "batch_wait_ms=20"], cwd=root,
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LORA_SERVE_API_KEY=KEY))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while True:
-        try:
-            if http(url + "/health", key=None)[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("lora-serve did not start:\n" + (root / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
-    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=300)
-    yield {"url": url, "client": client, "adapters": adapters, "root": root, "proc": proc}
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    with lora_serve_process(adapters, root, KEY) as (proc, url):
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+        yield {"url": url, "client": client, "adapters": adapters, "root": root, "proc": proc}
 
 
 def complete(client, model, prompt, n=12, **kw):

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import threading
+import time
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -191,6 +192,10 @@ def test_bad_request_fails_alone_in_a_batch_and_queue_is_bounded(host):
         # A long request occupies the worker; the queue then holds 4 and the next submit is refused.
         long = GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=400))
         batcher.submit(Ticket(long))
+        deadline = time.time() + 60  # the worker must hold the long row before the flood, or it batches the flood too
+        while batcher.running() == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        assert batcher.running() == 1
         with pytest.raises(QueueFull):
             for _ in range(6):
                 batcher.submit(Ticket(GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=1))))

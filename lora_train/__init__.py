@@ -12,9 +12,9 @@ from lora_train.data.curate import run as curate
 from lora_train.errors import Stopped, UserError
 from lora_train.evaluation.evaluate import run as evaluate
 from lora_train.inference.generate import run as generate
-from lora_train.merging.merge import run as merge
 from lora_train.inference.registry import MultiAdapterModel
 from lora_train.inference.server import run as serve
+from lora_train.merging.merge import run as merge
 from lora_train.training.train import run as train
 
 __all__ = ["compose", "train", "curate", "merge", "generate", "serve", "evaluate", "MultiAdapterModel",

@@ -7,14 +7,13 @@ import functools
 import re
 import sys
 from importlib import resources
+from typing import TypeVar
 
 import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from typing import TypeVar
-
 from omegaconf import DictConfig, OmegaConf
 
 # Importing the schemas registers every command's schema, so compose() works for every command.

@@ -6,13 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from lora_train import compose
 from lora_train.schemas import QuantMode, TrainJob
-
-from conftest import run_cli
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["model", "quant", "lora", "data", "train", "experiment"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
-import os
 import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import need, need_module
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-from doc_examples import (COMPOUND, PROJECT, ROOT, Example, bash_words, broken_links, command_of, is_cheap, pages,
-                          run_console, run_shell, shell_examples, slug)
+from doc_examples import (
+    COMPOUND,
+    PROJECT,
+    ROOT,
+    Example,
+    bash_words,
+    broken_links,
+    command_of,
+    is_cheap,
+    pages,
+    run_console,
+    run_shell,
+    shell_examples,
+    slug,
+)
 
 # Examples that cannot run here, each with why. The key is the command as written, without its trailing comment.
 LISTED: dict[str, str] = {

@@ -9,9 +9,8 @@ import math
 import typing
 
 import pytest
-from hydra.errors import HydraException
-
 from conftest import need_module, run_cli
+from hydra.errors import HydraException
 
 need_module("hypothesis", "dev")  # a skip without it (a failure under LORA_TRAIN_STRICT_SKIPS=1), not an import error
 from hypothesis import HealthCheck, given, settings  # noqa: E402

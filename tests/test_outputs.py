@@ -5,11 +5,10 @@ config time, dry run included."""
 from __future__ import annotations
 
 import pytest
+from conftest import run_cli
 
 from lora_train import UserError, compose, curate, evaluate, generate, train
 from lora_train.artifacts import atomic_file, check_output
-
-from conftest import run_cli
 
 # Everything else about these runs is wrong too (no such data, no such model or adapter): the output error must come
 # first, proving the check runs before any of them is read.

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from lora_train.data import cache as data_cache
-from lora_train.errors import UserError
 from lora_train.data.examples import Tokenizer, check_template
 from lora_train.data.filters import StepReport, build_steps, chain, run_steps
 from lora_train.data.filters import check as check_filters
 from lora_train.data.formats import RowError, check_columns, to_example, value_problem
-from lora_train.schemas import DataConfig, FilterStep
 from lora_train.data.sources import Bad, check_source, is_local, iter_rows, resolve_source  # noqa: F401 (re-exported)
+from lora_train.errors import UserError
+from lora_train.schemas import DataConfig, FilterStep
 
 MAX_SHOWN = 5  # offending positions listed in reports and messages
 

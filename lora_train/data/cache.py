@@ -26,8 +26,8 @@ import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from lora_train.schemas import DataConfig
 from lora_train.data.sources import is_local, local_files
+from lora_train.schemas import DataConfig
 
 AFTER_TOKENIZATION = {"name", "val_fraction", "streaming"}
 

@@ -21,11 +21,11 @@ import hydra
 from omegaconf import DictConfig
 
 import lora_train.schemas.curate  # noqa: F401  (registers the schema conf/curate.yaml names)
-from lora_train.schemas.curate import CurateJob
-from lora_train.data.build import DataReport, check_data, iter_examples
 from lora_train import artifacts
 from lora_train.config import typed
+from lora_train.data.build import DataReport, check_data, iter_examples
 from lora_train.errors import UserError, reported
+from lora_train.schemas.curate import CurateJob
 
 FORMATS = (".jsonl", ".parquet")
 

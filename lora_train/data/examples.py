@@ -12,8 +12,8 @@ left is dropped and counted, never trained on.
 
 from __future__ import annotations
 
-from lora_train.errors import UserError
 from lora_train.data.formats import turns
+from lora_train.errors import UserError
 from lora_train.schemas import DataConfig
 
 # Named templates: how a user turn (and a system turn) is wrapped; a response is always its text + EOS.

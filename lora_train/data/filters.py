@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from lora_train.data.dedup import Deduper
-from lora_train.errors import UserError
 from lora_train.data.formats import texts, turns, value_problem
+from lora_train.errors import UserError
 from lora_train.schemas import DataConfig, DedupKey, FilterStep
 
 CHAINS = {

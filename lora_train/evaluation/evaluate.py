@@ -23,20 +23,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lora_train.evaluation import report as eval_report
-
-from lora_train.evaluation import harness
-
-from lora_train.evaluation import perplexity
-
-from lora_train.evaluation import samples
 from lora_train import artifacts
 from lora_train.adapters import check_against_config, check_against_model, read_adapter
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
-from lora_train.schemas.eval import EvalJob
+from lora_train.evaluation import harness, perplexity, samples
+from lora_train.evaluation import report as eval_report
 from lora_train.model import compute_dtype, load_base, load_tokenizer, resolve_model
 from lora_train.schemas import DataConfig, QuantConfig, QuantMode
+from lora_train.schemas.eval import EvalJob
 
 LIBRARIES = ["lora-train", "lm-eval", "torch", "transformers", "peft", "datasets", "bitsandbytes", "accelerate"]
 

@@ -21,9 +21,9 @@ from lora_train import artifacts
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
 from lora_train.inference.generation import GenParams, GenRequest, chat_prompt, format_prompt, generate
+from lora_train.inference.registry import MultiAdapterModel, check_name
 from lora_train.inference.scheduler import generate_all
 from lora_train.schemas.infer import GenerateJob, Scheduler
-from lora_train.inference.registry import MultiAdapterModel, check_name
 
 HELP = "commands: /adapter NAME (switch), /reset (forget the conversation), /exit"
 

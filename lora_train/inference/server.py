@@ -21,17 +21,16 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from lora_train.inference.api_errors import ApiError, as_api_error, read_json
-from lora_train.inference.batching import Closed, QueueFull, Ticket
-from lora_train.inference import lifecycle
-from lora_train.inference import cards, playground
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
+from lora_train.inference import cards, lifecycle, playground
+from lora_train.inference.api_errors import ApiError, as_api_error, read_json
+from lora_train.inference.batching import Closed, QueueFull, Ticket
 from lora_train.inference.generation import GenRequest, chat_prompt
 from lora_train.inference.metrics import ServeMetrics
+from lora_train.inference.registry import MultiAdapterModel, check_name
 from lora_train.inference.scheduler import build_batcher
 from lora_train.schemas.infer import ServeJob
-from lora_train.inference.registry import MultiAdapterModel, check_name
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "LORA_SERVE_API_KEY"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from lora_train.adapters import _LORA_KEY, AdapterInfo
 from lora_train.errors import UserError
-from lora_train.schemas import ModelConfig, QuantConfig
 from lora_train.merging.shards import checkpoint_files, iter_tensors, tensor_shapes
+from lora_train.schemas import ModelConfig, QuantConfig
 
 PREFIX = "base_model.model."
 # Adapter features whose merge is neither W + scale * B @ A nor DoRA's rescaling of it; refused rather than merged

@@ -26,11 +26,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lora_train import artifacts
-
-from lora_train.merging import card as merge_card
 from lora_train.adapters import BASE_FILE, AdapterInfo, check_against_config, check_against_model, read_adapter
-from lora_train.merging.base_weights import UNSUPPORTED
 from lora_train.errors import UserError
+from lora_train.merging import card as merge_card
+from lora_train.merging.base_weights import UNSUPPORTED
 from lora_train.schemas.merge import Combination, MergeJob
 
 C = Combination

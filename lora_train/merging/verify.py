@@ -12,8 +12,8 @@ import gc
 from pathlib import Path
 
 from lora_train.adapters import AdapterInfo
-from lora_train.schemas.merge import MergeOptions
 from lora_train.schemas import DataConfig, DType, ModelConfig, QuantConfig, QuantMode
+from lora_train.schemas.merge import MergeOptions
 
 ROWS = [  # (report key, label, format)
     ("max_abs_logit_diff", "max |logit difference|", "{:.3g}"),

@@ -10,12 +10,11 @@ Importing this package registers every command's schema in Hydra's ConfigStore. 
 package: it imports nothing of lora_train but errors.
 """
 
-from lora_train.schemas.data import (REFUSAL_PHRASES, SAMPLE_DATA, Curation, DataConfig, DataFormat, DedupKey,
-                                     FilterStep)
+from lora_train.schemas import curate, eval, infer, merge  # noqa: F401  (register the other commands' schemas)
+from lora_train.schemas.data import REFUSAL_PHRASES, SAMPLE_DATA, Curation, DataConfig, DataFormat, DedupKey, FilterStep
 from lora_train.schemas.lora import LoraConfig, LoraInit
 from lora_train.schemas.model import TINY_GPTJ, DType, ModelConfig, QuantConfig, QuantMode
 from lora_train.schemas.train import TrainConfig, TrainJob
-from lora_train.schemas import curate, eval, infer, merge  # noqa: F401,E402  (register the other commands' schemas)
 
 __all__ = ["REFUSAL_PHRASES", "SAMPLE_DATA", "Curation", "DataConfig", "DataFormat", "DedupKey", "FilterStep",
            "LoraConfig", "LoraInit", "TINY_GPTJ", "DType", "ModelConfig", "QuantConfig", "QuantMode", "TrainConfig",

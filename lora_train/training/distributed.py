@@ -20,10 +20,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from lora_train.training import plan
 from lora_train.errors import UserError
 from lora_train.model import _DS_ZERO_STAGE, _USE_FSDP, shards_weights
 from lora_train.schemas import DType, TrainJob
+from lora_train.training import plan
 
 # accelerate launch exports these (accelerate/utils/launch.py); their spelling is the launcher's, not ours.
 _MIXED_PRECISION = "ACCELERATE_MIXED_PRECISION"

@@ -29,8 +29,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from transformers import TrainerCallback
 
-from lora_train.training import checkpoints
 from lora_train.errors import Stopped, UserError
+from lora_train.training import checkpoints
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, retry" -- the run can be resumed
 SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)

@@ -107,8 +107,8 @@ def count_parameters(model_path: str, job: TrainJob) -> tuple[int, int]:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lora_train.training.estimate import model_config
     from lora_train.model import peft_config
+    from lora_train.training.estimate import model_config
 
     config = model_config(model_path, job)
     with init_empty_weights():

@@ -18,28 +18,18 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lora_train import artifacts
-
-from lora_train.training import card
-
-from lora_train.training import checkpoints
-
-from lora_train.training import distributed
-
-from lora_train.training import plan
-
-from lora_train.training import sweep
-
-from lora_train.training import init as lora_init
 from lora_train.adapters import BASE_FILE, base_summary
-from lora_train.data.build import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.config import typed
+from lora_train.data.build import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.errors import UserError, reported
-from lora_train.training.estimate import resolve_checkpointing
-from lora_train.training.metrics import run_metrics
 from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, resolve_model
 from lora_train.model import device_map as model_device_map
-from lora_train.training.packing import collator_for, layout_name
 from lora_train.schemas import DType, TrainJob
+from lora_train.training import card, checkpoints, distributed, plan, sweep
+from lora_train.training import init as lora_init
+from lora_train.training.estimate import resolve_checkpointing
+from lora_train.training.metrics import run_metrics
+from lora_train.training.packing import collator_for, layout_name
 
 
 def to_job(cfg: DictConfig | TrainJob) -> TrainJob:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
 
 from lora_train import compose, train
 from lora_train.data.build import read_rows
 from lora_train.data.dedup import Deduper
 from lora_train.errors import UserError
 from lora_train.schemas import Curation, DataConfig, DedupKey, FilterStep
-
-from conftest import run_cli
 
 AI = {29, 58, 116, 232, 276, 348}
 REFUSALS = {43, 174, 203, 218, 290, 363}

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import need_module, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lora_train import UserError, compose, train
-from lora_train.evaluation.report import END, START, update_card
 from lora_train.evaluation.evaluate import run
-
-from conftest import need_module, run_cli
+from lora_train.evaluation.report import END, START, update_card
 
 TASK_DIR = Path(__file__).parent / "eval_task"
 QUICK = [f"eval.include_path={TASK_DIR}", "eval.tasks=[commonsense_mini]", "eval.limit=8",

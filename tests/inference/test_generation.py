@@ -16,8 +16,8 @@ from inference_helpers import cli, escaping_links, foreign_adapter, train_two
 from lora_train import UserError, compose
 from lora_train.inference.batching import Batcher, QueueFull, Ticket
 from lora_train.inference.generation import GenParams, GenRequest, format_prompt, generate
-from lora_train.schemas.infer import ServeJob
 from lora_train.inference.registry import MultiAdapterModel, check_name
+from lora_train.schemas.infer import ServeJob
 
 PROMPTS = ["Tell me a joke about cats", "What is the capital of France?", "Write a haiku", "Hi"]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from conftest import need, need_module
-from serving_helpers import lora_serve_process
 from inference_helpers import cli, fit_adapter, train_two
+from serving_helpers import lora_serve_process
 
 KEY = "playground-key"
 PROMPT = "Tell me a joke about cats"

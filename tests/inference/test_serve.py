@@ -11,10 +11,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-from serving_helpers import lora_serve_process
-from inference_helpers import cli, foreign_adapter, train_two
-
 from conftest import need_module
+from inference_helpers import cli, foreign_adapter, train_two
+from serving_helpers import lora_serve_process
 
 need_module("fastapi", "serve"), need_module("uvicorn", "serve")  # lora-serve itself
 openai = need_module("openai", "dev")  # the client the tests drive it with

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from serving_helpers import ThreadServer, adapters_copy, free_port, http, post_json
-
 from conftest import need_module
+from serving_helpers import ThreadServer, adapters_copy, free_port, http, post_json
 
 need_module("fastapi", "serve"), need_module("uvicorn", "serve"), need_module("prometheus_client", "serve")
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from merge_helpers import adapters, base_path, deltas  # noqa: F401  (session fixture)
 
 from lora_train import UserError, compose
 from lora_train.merging.merge import run as merge
-
-from merge_helpers import adapters, base_path, deltas  # noqa: F401  (session fixture)
 
 
 def combined(tmp_path: Path, folders: list[Path], *overrides: str, name: str = "c") -> Path:

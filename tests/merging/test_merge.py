@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
+from merge_helpers import adapters, base_path, deltas  # noqa: F401  (session fixture)
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -15,9 +17,6 @@ from lora_train import UserError, compose
 from lora_train.merging.merge import run as merge
 from lora_train.schemas import TrainJob
 from lora_train.tiny import TinySpec, build
-
-from conftest import run_cli
-from merge_helpers import adapters, base_path, deltas  # noqa: F401  (session fixture)
 
 PROMPT = "What is the capital of France?\nThe capital"
 

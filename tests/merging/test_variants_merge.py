@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from merge_helpers import adapters, base_path  # noqa: F401  (session fixture)
 from safetensors.torch import load_file
 
 from lora_train import UserError, compose
 from lora_train.merging.merge import run as merge
-
-from merge_helpers import adapters, base_path  # noqa: F401  (session fixture)
 
 
 def merged(adapter: Path, out: Path, *overrides: str) -> Path:

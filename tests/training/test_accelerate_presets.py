@@ -11,11 +11,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from lora_train import UserError, compose
-
+from lora_train.model import quant_storage, shards_weights
 from lora_train.training import plan
-from lora_train.model import shards_weights
 from lora_train.training.distributed import accelerate_config, check_launcher_env
-from lora_train.model import quant_storage
 
 PRESETS = {"ddp": False, "deepspeed_zero2": False, "deepspeed_zero3": True, "fsdp_qlora": True}  # shards weights?
 

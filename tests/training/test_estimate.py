@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from lora_train import compose
-from lora_train.training.estimate import GIB, bits_per_weight, estimate, shape_of
 from lora_train.schemas import DType, QuantMode
+from lora_train.training.estimate import GIB, bits_per_weight, estimate, shape_of
 
 
 def job(*overrides):

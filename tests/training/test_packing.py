@@ -9,9 +9,9 @@ import torch
 
 from lora_train.errors import UserError
 from lora_train.model import load_base, load_tokenizer, resolve_model
+from lora_train.schemas import ModelConfig, QuantConfig, QuantMode
 from lora_train.training.packing import PackedCollator, collator_for, layout
 from lora_train.training.segments import ATTENTION, SegmentCollator
-from lora_train.schemas import ModelConfig, QuantConfig, QuantMode
 from lora_train.training.train import check_eos_trained
 
 

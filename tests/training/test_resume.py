@@ -17,8 +17,8 @@ import pytest
 from safetensors.torch import load_file
 
 from lora_train import UserError, compose, train
-from lora_train.training import checkpoints
 from lora_train.artifacts import publish, staging_dir
+from lora_train.training import checkpoints
 from lora_train.training.guards import PREEMPTED_EXIT
 from lora_train.training.train import to_job
 

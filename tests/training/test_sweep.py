@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import need_module, run_cli
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from lora_train.training import sweep
-
-from conftest import need_module, run_cli
 
 # One optimizer step on 32 short rows: each run of a sweep takes seconds.
 TINY = ["experiment=debug", "data.max_rows=40", "data.max_length=32", "data.val_fraction=0.1",

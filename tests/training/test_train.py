@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from omegaconf import OmegaConf
 
 from lora_train import UserError, compose, train
 from lora_train.schemas import TrainJob
-
-from conftest import run_cli
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "lora_train.yaml", "metrics.json", "loss.png", "README.md"]

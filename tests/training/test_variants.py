@@ -194,9 +194,8 @@ def test_loraplus_gives_b_the_larger_learning_rate(tmp_path):
 
 @pytest.mark.gpu
 def test_loftq_matches_peft_on_cuda():
-    from peft.utils.loftq_utils import loftq_init
-
     from conftest import need
+    from peft.utils.loftq_utils import loftq_init
 
     need(torch.cuda.is_available(), "needs a CUDA GPU")
     import bitsandbytes as bnb

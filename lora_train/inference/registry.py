@@ -176,7 +176,7 @@ class MultiAdapterModel:
             raise UnknownAdapter(f"adapter {name!r} does not exist")
         folder = self.adapters_dir / name
         if not folder.exists():
-            raise UnknownAdapter(f"adapter {name!r} does not exist in {self.adapters_dir}")
+            raise UnknownAdapter(f"adapter {name!r} does not exist under adapters_dir")  # no server path to clients
         bad = escapes(folder, self.adapters_dir)
         if bad is not None:
             raise UserError(f"adapter {name!r}: {bad.name} leads outside {self.adapters_dir} (symlink); refused")

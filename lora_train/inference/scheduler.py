@@ -213,6 +213,10 @@ class ContinuousBatcher:
             except UserError as e:
                 _answer(t, None, e)
                 continue
+            except Exception as e:  # an unforeseen load failure fails this row, not every row already running
+                log.exception("adapter %r could not be loaded", r.adapter)
+                _answer(t, None, e)
+                continue
             slots.append(Slot(r, _Row(r, self.host.tokenizer, self.host.tokenizer.eos_token_id),
                               RowSampler(r.params, self.host.base.device), t.on_done))
             t.on_start()

@@ -80,7 +80,7 @@ class Plan:
             + (f", double quant {job.quant.double_quant}" if job.quant.mode.value in ("nf4", "fp4") else "")
             + f", compute {compute}",
             f"lora:       r={job.lora.r} alpha={job.lora.alpha} dropout={job.lora.dropout} "
-            f"targets={','.join(job.lora.target_modules)}",
+            f"targets={','.join(job.lora.target_modules)}" + variant(job),
             f"parameters: {fmt(self.total_params)} total, {fmt(self.trainable_params)} trainable{pct}",
             f"data:       {job.data.source} (revision {job.data.revision or 'default'}), "
             f"{fmt(self.train_rows)} training rows, max length {job.data.max_length}"
@@ -92,6 +92,18 @@ class Plan:
             f"{t.warmup_steps} warmup",
             f"output:     {os.path.join(job.adapters_dir, job.run_name)}",
         ] + ([self.checkpointing] if self.checkpointing else [])
+
+
+def variant(job: TrainJob) -> str:
+    """The LoRA variant switched on, if any: a user should see LoftQ or DoRA before a long run starts, not after."""
+    lora = job.lora
+    parts = [f"init {lora.init.value}"] if lora.init.value != "default" else []
+    if lora.init.value == "loftq":
+        parts[-1] += f" ({lora.loftq_iters} round{'s' if lora.loftq_iters != 1 else ''})"
+    parts += [name for name, on in (("rsLoRA", lora.use_rslora), ("DoRA", lora.use_dora)) if on]
+    if job.train.loraplus_lr_ratio:
+        parts.append(f"LoRA+ ratio {job.train.loraplus_lr_ratio}")
+    return f"; {', '.join(parts)}" if parts else ""
 
 
 def optimizer_steps(job: TrainJob, train_rows: int, global_batch: int) -> int:

@@ -5,6 +5,7 @@ cancellation; the KV budget; fair admission across adapters; adapters evicted wh
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -229,6 +230,29 @@ def test_adapters_stay_resident_for_their_rows_and_reload_after_eviction(host):
     finally:
         batcher.close()
         host.max_resident = 8
+
+
+def test_adapter_that_cannot_reload_fails_only_its_own_rows(host):
+    want = generate(host, [GenRequest(format_prompt(PROMPTS[0]), "beta", GenParams(max_new_tokens=10))])[0]
+    gamma = host.adapters_dir / "gamma"
+    shutil.copytree(host.adapters_dir / "alpha", gamma)
+    host.load("gamma")
+    host.unload("gamma")  # evicted, then its weights are damaged on disk before its requests reload it
+    (gamma / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    batcher = ContinuousBatcher(host, max_batch_size=8, wait_ms=0)
+    try:
+        w = Waiter(batcher)
+        for i in range(4):
+            w.submit(i, GenRequest(format_prompt(PROMPTS[0]), ["gamma", "beta"][i % 2], GenParams(max_new_tokens=10)))
+        w.wait()
+        for i in (0, 2):
+            assert isinstance(w.errors[i], UserError) and "gamma" in str(w.errors[i])
+        for i in (1, 3):
+            assert w.errors[i] is None and same(w.results[i], want)
+        assert "gamma" not in host.resident()
+    finally:
+        batcher.close()
+        shutil.rmtree(gamma)
 
 
 def test_bad_requests_are_refused_when_submitted_and_others_still_run(host):

@@ -116,6 +116,7 @@ def test_bad_completion_requests_get_openai_errors(server, body, status, needle)
     code, err = http(server["url"] + "/v1/completions", json.dumps(body).encode())
     assert code == status and needle in err["error"]["message"], err
     assert set(err["error"]) == {"message", "type", "param", "code"}
+    assert str(server["adapters"]) not in err["error"]["message"]  # a client never learns the server's paths
 
 
 def test_bad_requests_leave_the_server_serving(server):

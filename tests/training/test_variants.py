@@ -77,6 +77,18 @@ def test_variants_that_need_whole_weights_refuse_sharded_training(override, mess
         train(compose("train", [f"adapters_dir={tmp_path}", override]))
 
 
+@pytest.mark.parametrize("overrides, shown", [
+    ([], None),
+    (["lora=loftq", "lora.loftq_iters=4"], "; init loftq (4 rounds)"),
+    (["lora.init=pissa", "lora.use_dora=true", "train.loraplus_lr_ratio=16"], "; init pissa, DoRA, LoRA+ ratio 16.0"),
+    (["lora.use_rslora=true"], "; rsLoRA"),
+])
+def test_dry_run_plan_names_the_variant(overrides, shown, tmp_path, capsys):
+    assert train(compose("train", [f"adapters_dir={tmp_path}", "dry_run=true", *overrides])) is None
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("lora:"))
+    assert line.endswith(shown) if shown else ";" not in line
+
+
 def test_unknown_init_fails_at_compose_time():
     from hydra.errors import ConfigCompositionException
 

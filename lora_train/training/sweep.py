@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lora_train import artifacts
 from lora_train.errors import UserError
@@ -213,7 +213,14 @@ class SweepSummary(Callback):
             except Exception as error:
                 _record(out, config.hydra.job.num, list(config.hydra.overrides.task), status="failed",
                         error=f"{type(error).__name__}: {error}")
-        write_summary(Path(str(config.hydra.sweep.dir)))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        write_summary(sweep_dir)
+        # After its last trial Optuna's sweeper asks the study for the best one; with every trial failed that ends in
+        # a traceback. End such a sweep here instead, the way every failed sweep ends: the summary and the errors.
+        trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
+        rows = collect(sweep_dir)
+        if trials is not None and len(rows) >= trials and not any(r["status"] == "ok" for r in rows):
+            self.on_multirun_end(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         written = write_summary(Path(str(config.hydra.sweep.dir)))

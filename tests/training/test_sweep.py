@@ -105,6 +105,16 @@ def test_optuna_tells_a_failed_trial_as_failed_and_goes_on(tmp_path):
     assert "error: 1 of 2 sweep jobs failed: job 1 (lora.r=0): lora.r=0 is out of range" in proc.stderr
 
 
+def test_optuna_sweep_whose_every_trial_fails_ends_with_the_errors_not_a_traceback(tmp_path):
+    need_module("hydra_plugins.hydra_optuna_sweeper", "sweep")
+    proc = run_cli("lora-train", "-m", "sweep=optuna", *TINY, "hydra.sweeper.n_trials=2",
+                   f"data.source={tmp_path / 'missing.jsonl'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   cwd=tmp_path, timeout=400)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert [r["status"] for r in summary_rows(tmp_path / "sweep")] == ["failed", "failed"]
+    assert "error: 2 of 2 sweep jobs failed" in proc.stderr and "missing.jsonl" in proc.stderr
+
+
 def test_summary_of_jobs_that_ended_differently():
     rows = [{"job": 0, "status": "failed", "lora.r": "0", "error": "lora.r=0 is out of range | see\nthe docs"},
             {"job": 1, "status": "ok", "lora.r": "8", "eval_loss": 2.5, "adapter": "adapters/x"}]

@@ -3,9 +3,9 @@
     python benchmarks/serving_step_cost.py
 
 The 100M-parameter GPT-J shape of benchmarks/serving_load.py in NF4 (float32 compute), median of 5 timed calls
-after one warm-up. It explains the load benchmark: a forward has a large fixed cost on the CPU (the 4-bit weights are
-dequantized on every call), so a decoding step of 16 rows costs far less than 16 steps of one row, and a step that
-also reads a joining prompt pays that fixed cost twice.
+after one warm-up. It explains the load benchmark: a forward has a large fixed cost on the CPU (bitsandbytes turns
+the 4-bit weights back into float32 on every call), so a decoding step of 16 rows costs far less than 16 steps of one
+row, and a step that also reads a joining prompt pays that fixed cost twice.
 """
 
 from __future__ import annotations

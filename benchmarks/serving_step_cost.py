@@ -2,7 +2,7 @@
 
     python benchmarks/serving_step_cost.py
 
-The 100M-parameter GPT-J shape of benchmarks/serving_load.py in NF4 (float32 compute), median of 5 timed calls
+The 100M-parameter GPT-J shape of benchmarks/serving_load.py in NF4 (float32 compute), median of 9 timed calls
 after one warm-up. It explains the load benchmark: a forward has a large fixed cost on the CPU (bitsandbytes turns
 the 4-bit weights back into float32 on every call), so a decoding step of 16 rows costs far less than 16 steps of one
 row, and a step that also reads a joining prompt pays that fixed cost twice.
@@ -15,12 +15,13 @@ import platform
 import statistics
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SHAPE = dict(n_embd=768, n_layer=14, n_head=12, rotary_dim=32)  # benchmarks/serving_load.py's model
+# The load benchmark's model; importing it also keeps the Hub offline.
+from serving_load import SHAPE
+
 CONTEXT = 200  # cached tokens per row when a decoding step is timed
 
 
-def median_s(fn, repeats: int = 5) -> float:
+def median_s(fn, repeats: int = 9) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -32,17 +33,18 @@ def median_s(fn, repeats: int = 5) -> float:
 
 def main() -> None:
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DynamicCache
+    from transformers import DynamicCache
 
+    from lora_train.model import load_base
+    from lora_train.schemas import DType, ModelConfig, QuantConfig
     from lora_train.tiny import TinySpec, tiny_gptj_path
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(tiny_gptj_path(TinySpec(**SHAPE)), dtype=torch.float32,
-                                                 quantization_config=quant).eval()
+    path = str(tiny_gptj_path(TinySpec(**SHAPE)))
+    model = load_base(path, ModelConfig(name_or_path=path, dtype=DType.float32),
+                      QuantConfig(compute_dtype=DType.float32)).eval()  # as lora-serve loads it
     gen = torch.Generator().manual_seed(0)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print("| forward | ms (median of 5) |\n| --- | ---: |")
+    print("| forward | ms (median of 9) |\n| --- | ---: |")
     with torch.no_grad():
         for length in (32, 128, 512):
             ids = torch.randint(100, 1000, (1, length), generator=gen)

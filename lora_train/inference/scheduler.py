@@ -210,11 +210,9 @@ class ContinuousBatcher:
                         self.host.load(name)
                     self.host.load(r.adapter)
                     in_use.add(r.adapter)
-            except UserError as e:
-                _answer(t, None, e)
-                continue
-            except Exception as e:  # an unforeseen load failure fails this row, not every row already running
-                log.exception("adapter %r could not be loaded", r.adapter)
+            except Exception as e:  # a load that fails fails this row, not every row already running
+                if not isinstance(e, UserError):
+                    log.exception("adapter %r could not be loaded", r.adapter)
                 _answer(t, None, e)
                 continue
             slots.append(Slot(r, _Row(r, self.host.tokenizer, self.host.tokenizer.eos_token_id),

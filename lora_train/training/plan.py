@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from lora_train.errors import UserError
-from lora_train.schemas import TrainJob
+from lora_train.schemas import LoraInit, TrainJob
 
 
 def world_size() -> int:
@@ -97,8 +97,8 @@ class Plan:
 def variant(job: TrainJob) -> str:
     """The LoRA variant switched on, if any: a user should see LoftQ or DoRA before a long run starts, not after."""
     lora = job.lora
-    parts = [f"init {lora.init.value}"] if lora.init.value != "default" else []
-    if lora.init.value == "loftq":
+    parts = [f"init {lora.init.value}"] if lora.init != LoraInit.default else []
+    if lora.init == LoraInit.loftq:
         parts[-1] += f" ({lora.loftq_iters} round{'s' if lora.loftq_iters != 1 else ''})"
     parts += [name for name, on in (("rsLoRA", lora.use_rslora), ("DoRA", lora.use_dora)) if on]
     if job.train.loraplus_lr_ratio:

@@ -176,9 +176,9 @@ def markdown(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(sweep_dir: Path) -> tuple[Path, Path] | None:
-    """summary.md and summary.csv in the sweep folder (each replaced whole); None when no job has ended."""
-    rows = collect(sweep_dir)
+def write_summary(sweep_dir: Path, rows: list[dict]) -> tuple[Path, Path] | None:
+    """summary.md and summary.csv of `rows` (collect's) in the sweep folder, each replaced whole; None when no job
+    has ended."""
     if not rows:
         return None
     cols = _columns(rows)
@@ -214,22 +214,23 @@ class SweepSummary(Callback):
                 _record(out, config.hydra.job.num, list(config.hydra.overrides.task), status="failed",
                         error=f"{type(error).__name__}: {error}")
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        write_summary(sweep_dir)
+        rows = collect(sweep_dir)
+        write_summary(sweep_dir, rows)
         # After its last trial Optuna's sweeper asks the study for the best one; with every trial failed that ends in
         # a traceback. End such a sweep here instead, the way every failed sweep ends: the summary and the errors.
         trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
-        rows = collect(sweep_dir)
         if trials is not None and len(rows) >= trials and not any(r["status"] == "ok" for r in rows):
             self.on_multirun_end(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        written = write_summary(Path(str(config.hydra.sweep.dir)))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        rows = collect(sweep_dir)
+        written = write_summary(sweep_dir, rows)
         if written is None:
             print("sweep finished: no job wrote an adapter (dry_run?)", flush=True)
             return
         md, csv_path = written
         print(f"\nsweep summary ({md}, {csv_path}):\n\n{md.read_text()}", flush=True)
-        rows = collect(Path(str(config.hydra.sweep.dir)))
         if failed(rows):  # the sweep as a whole did not do what was asked: a non-zero status, naming what failed
             varying = [c for c in _columns(rows) if c not in SKIP and c not in METRICS and c != "adapter"
                        and (len(rows) == 1 or len({str(r.get(c)) for r in rows}) > 1)]

@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
     """A mistake the user can fix (config, data, paths). The console scripts print it and exit with status 2."""
+
+
+def install_hint(extra: str) -> str:
+    """The pip command that installs one of the project's extras, as this installation needs it.
+
+    A source checkout (pyproject.toml beside the package) installs editable from its folder; an installed wheel
+    names the distribution. Every "this needs an extra" message is built here, so the two never drift apart.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        return f'pip install -e "{root}[{extra}]"' if root != Path.cwd().resolve() else f'pip install -e ".[{extra}]"'
+    return f'pip install "lora-train[{extra}]"'
+
+
+def missing_extra(what: str, extra: str, module: str | None = None) -> UserError:
+    """A UserError for a feature whose optional dependencies are not installed: `what` needs `extra`."""
+    missing = f" ({module} is missing)" if module else ""
+    return UserError(f"{what} needs the {extra} extra{missing}: {install_hint(extra)}")
 
 
 class Stopped(Exception):

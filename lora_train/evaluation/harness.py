@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from lora_train.errors import UserError
+from lora_train.errors import UserError, install_hint
 
 CARD_METRIC = {
     "boolq": "acc", "piqa": "acc_norm", "hellaswag": "acc_norm", "winogrande": "acc",
@@ -24,14 +24,13 @@ CARD_LABEL = {
     "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA",
 }
 PERCENT = ("acc", "acc_norm", "exact_match", "f1", "mc1", "mc2", "mcc")  # shares in [0, 1], shown x100
-INSTALL = "pip install 'lora-train[eval]' (or pip install lm-eval)"
 
 
 def require_lm_eval():
     try:
         import lm_eval
     except ImportError as e:
-        raise UserError(f"eval.tasks needs EleutherAI's lm-evaluation-harness, which is not installed: {INSTALL}; "
+        raise UserError(f"eval.tasks needs EleutherAI's lm-evaluation-harness, which is not installed: {install_hint('eval')}; "
                         "or pass eval.tasks=[] to measure only loss and samples") from e
     return lm_eval
 

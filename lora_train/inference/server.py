@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lora_train.config import checked_overrides, typed
-from lora_train.errors import UserError, reported
+from lora_train.errors import UserError, missing_extra, reported
 from lora_train.inference import cards, lifecycle, playground
 from lora_train.inference.api_errors import ApiError, as_api_error, read_json
 from lora_train.inference.batching import Closed, QueueFull, Ticket
@@ -298,7 +298,7 @@ def run(cfg: DictConfig | ServeJob) -> None:
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise UserError(f"lora-serve needs the server extra ({e.name} is missing): pip install 'lora-train[serve]'") from e
+        raise missing_extra("lora-serve", "serve", e.name) from e
 
     job = typed(cfg, ServeJob)
     if not 0 < job.port < 65536:

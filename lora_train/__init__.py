@@ -7,15 +7,19 @@ Library use mirrors the console scripts: compose a command's config, call its fu
     model_dir = merge(compose("merge", [f"adapter={adapter_dir}", "output=merged/a"]))
 """
 
-from lora_train.config import compose
-from lora_train.data.curate import run as curate
-from lora_train.errors import Stopped, UserError
-from lora_train.evaluation.evaluate import run as evaluate
-from lora_train.inference.generate import run as generate
-from lora_train.inference.registry import MultiAdapterModel
-from lora_train.inference.server import run as serve
-from lora_train.merging.merge import run as merge
-from lora_train.training.train import run as train
+from lora_train.console import quiet
+
+quiet()  # before any dependency is imported: the filters must be in place when they log (lora_train/console.py)
+
+from lora_train.config import compose  # noqa: E402
+from lora_train.data.curate import run as curate  # noqa: E402
+from lora_train.errors import Stopped, UserError  # noqa: E402
+from lora_train.evaluation.evaluate import run as evaluate  # noqa: E402
+from lora_train.inference.generate import run as generate  # noqa: E402
+from lora_train.inference.registry import MultiAdapterModel  # noqa: E402
+from lora_train.inference.server import run as serve  # noqa: E402
+from lora_train.merging.merge import run as merge  # noqa: E402
+from lora_train.training.train import run as train  # noqa: E402
 
 __all__ = ["compose", "train", "curate", "merge", "generate", "serve", "evaluate", "MultiAdapterModel",
            "UserError", "Stopped"]

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from lora_train.errors import UserError
 from lora_train.schemas import TrainJob
 
+LATEST = "latest"  # the alias every command that takes adapters resolves to the newest finished one; not a run name
 BASE_FILE = "base_model.json"  # written next to the adapter at training time: the base's shape
 # adapter_config.json `init_lora_weights` of an adapter still paired with the residual base it was initialised
 # against: PEFT saves PiSSA/OLoRA/CorDA/LoftQ adapters so unless told to convert them, and lora-train marks its own
@@ -164,3 +165,39 @@ def check_against_model(info: AdapterInfo, model, base_label: str) -> None:
                 f"adapter {info.name!r}: {module} is {fan_in}->{fan_out} in the adapter but {shape[0]}->{shape[1]} "
                 f"in {base_label} (the adapter was trained for {info.base_name_or_path or 'another base'})"
             )
+
+
+def finished_adapters(adapters_dir: str | Path) -> list[Path]:
+    """The finished adapter folders directly under adapters_dir, oldest first. Finished = PEFT's config and weights are
+    there; hidden folders (a run's `.name.work` checkpoints, `.name.staging-*` being written) never count."""
+    root = Path(adapters_dir).expanduser()
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        cfg = folder / "adapter_config.json"
+        if folder.name.startswith(".") or not folder.is_dir() or not cfg.is_file():
+            continue
+        if not any((folder / w).is_file() for w in ("adapter_model.safetensors", "adapter_model.bin")):
+            continue
+        # adapter_config.json is written when the run saves its adapter, and renaming the folder into place keeps its
+        # time: it dates the run's end, where the folder's own mtime moves whenever a file is added later.
+        found.append((cfg.stat().st_mtime, folder.name, folder))
+    return [folder for _, _, folder in sorted(found)]
+
+
+def resolve_latest(ref: str, adapters_dir: str | Path, key: str) -> str:
+    """`latest` -> the newest finished adapter folder in adapters_dir (as a path string); any other ref unchanged.
+    `key` names the setting for the error when there is none (e.g. `adapter`, `adapters`)."""
+    if ref != LATEST:
+        return ref
+    found = finished_adapters(adapters_dir)
+    if not found:
+        raise UserError(f"{key}: {LATEST!r} means the newest finished adapter in adapters_dir={str(adapters_dir)!r}, "
+                        "but it holds none; train one first (lora-train) or pass adapters_dir=<folder>")
+    return str(found[-1])
+
+
+def latest_name(ref: str, adapters_dir: str | Path) -> str:
+    """For commands that name adapters by folder name under adapters_dir (lora-generate): `latest` -> that name."""
+    return Path(resolve_latest(ref, adapters_dir, "adapters")).name if ref == LATEST else ref

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from lora_train.errors import UserError
-from lora_train.schemas import TINY_GPTJ, DType, LoraConfig, ModelConfig, QuantConfig, QuantMode
+from lora_train.schemas import SMOLLM2, TINY_GPTJ, TINY_LLAMA, DType, LoraConfig, ModelConfig, QuantConfig, QuantMode
 
 # accelerate launch exports these (accelerate/utils/launch.py) under FSDP and DeepSpeed, which shard every weight.
 _DS_ZERO_STAGE = "ACCELERATE_DEEPSPEED_ZERO_STAGE"
@@ -51,13 +51,30 @@ def compute_dtype(cfg: QuantConfig) -> DType:
     return want
 
 
-def resolve_model(cfg: ModelConfig) -> str:
-    """The local folder or Hub id to load; builds the tiny GPT-J on first use. Fails fast on a missing local path."""
-    if cfg.name_or_path == TINY_GPTJ:
-        from lora_train.tiny import tiny_gptj_path
+def builtin_path(name: str) -> Path:
+    """The cached folder of a `builtin:` model, built (or converted) on first use."""
+    from lora_train import gguf, tiny
 
-        return str(tiny_gptj_path())
+    builders = {
+        TINY_GPTJ: tiny.tiny_gptj_path,
+        TINY_LLAMA: tiny.tiny_llama_path,
+        SMOLLM2: lambda: gguf.gguf_folder(gguf.smollm2_gguf(), SMOLLM2.removeprefix("builtin:")),
+    }
+    if name not in builders:
+        raise UserError(f"model.name_or_path={name!r}: no such builtin model (there are {', '.join(builders)})")
+    return builders[name]()
+
+
+def resolve_model(cfg: ModelConfig) -> str:
+    """The local folder or Hub id to load. Builtin models are built, and GGUF files converted, on first use into the
+    model cache. Fails fast on a missing local path."""
+    if cfg.name_or_path.startswith("builtin:"):
+        return str(builtin_path(cfg.name_or_path))
     path = os.path.expanduser(cfg.name_or_path)
+    if path.endswith(".gguf"):
+        from lora_train.gguf import gguf_folder
+
+        return str(gguf_folder(Path(path)))
     looks_local = path.startswith((".", "/", "~")) or os.path.exists(path) or path.count("/") != 1
     if looks_local:
         if not Path(path).is_dir():
@@ -164,3 +181,15 @@ def load_base(path: str, model_cfg: ModelConfig, quant_cfg: QuantConfig, device_
             )
     except (OSError, ValueError) as e:
         raise UserError(f"model.name_or_path={model_cfg.name_or_path!r}: could not load the model: {e}") from e
+
+
+REAL_MODEL_QUICKSTART = "lora-train experiment=smollm2_sample run_name=smollm2-sample"
+
+
+def random_model_note(name_or_path: str) -> str | None:
+    """The line shown wherever a builtin model's text appears: its weights are random, so its text (and a small
+    adapter's on top of it) is expected to be noise; None for any other model."""
+    if not str(name_or_path).startswith("builtin:"):
+        return None
+    return (f"note: {name_or_path} is a tiny model with random weights, built locally to test the pipeline: its text is "
+            f"noise whatever an adapter learned. A real model: {REAL_MODEL_QUICKSTART}")

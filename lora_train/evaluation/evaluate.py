@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lora_train import artifacts
-from lora_train.adapters import check_against_config, check_against_model, read_adapter
+from lora_train.adapters import check_against_config, check_against_model, read_adapter, resolve_latest
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
 from lora_train.evaluation import harness, perplexity, samples
@@ -150,7 +150,7 @@ def run(cfg: DictConfig | EvalJob) -> Path:
     started = time.time()
     out = Path(job.output).expanduser()
     artifacts.check_output(out, "output", job.overwrite)  # before any adapter is read or model loaded
-    infos = [read_adapter(p, job.allow_pickle) for p in job.adapters]
+    infos = [read_adapter(resolve_latest(p, job.adapters_dir, "adapters"), job.allow_pickle) for p in job.adapters]
     folders = [i.folder.resolve() for i in infos]
     if len(set(folders)) < len(folders):
         raise UserError(f"adapters={job.adapters}: an adapter is listed twice")

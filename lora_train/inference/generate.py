@@ -4,8 +4,8 @@
     lora-generate adapters=[run-a,run-b,base] prompt_file=prompts.txt stream=false output=out.jsonl
     lora-generate adapters=[my-run] interactive=true
 
-Prompts are put in the GPT4All-J format (prompt + "\\n") unless format=raw. `base` (or the base model's name) in
-`adapters` means the base without any adapter.
+Each adapter reads prompts in the format it was trained with: its lora_train.yaml's data.template (format=gpt4all
+or format=raw override it). `base` (or the base model's name) in `adapters` means the base without any adapter.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ import hydra
 from omegaconf import DictConfig
 
 from lora_train import artifacts
+from lora_train.adapters import latest_name
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
-from lora_train.inference.generation import GenParams, GenRequest, chat_prompt, format_prompt, generate
+from lora_train.inference import prompting
+from lora_train.inference.generation import GenParams, GenRequest, generate
 from lora_train.inference.registry import MultiAdapterModel, check_name
 from lora_train.inference.scheduler import generate_all
-from lora_train.schemas.infer import GenerateJob, Scheduler
+from lora_train.model import random_model_note
+from lora_train.schemas.infer import GenerateJob, PromptFormat, Scheduler
 
 HELP = "commands: /adapter NAME (switch), /reset (forget the conversation), /exit"
 
@@ -98,6 +101,28 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def request(host, fmt: PromptFormat, prompt: str, adapter: str, params: GenParams, **kw) -> GenRequest:
+    """One row: the prompt rendered in `adapter`'s format (lora_train.inference.prompting)."""
+    text, ids = prompting.user_prompt(host, adapter, prompt, fmt)
+    return GenRequest(text, adapter, params, ids=ids, **kw)
+
+
+def format_notes(host, adapters: list[str], fmt: PromptFormat) -> list[str]:
+    """A line for each adapter whose prompts cannot use its training format (no lora_train.yaml)."""
+    return [n for a in dict.fromkeys(adapters) if (n := prompting.format_of(host, a, fmt).note)]
+
+
+def request(host, fmt: PromptFormat, prompt: str, adapter: str, params: GenParams, **kw) -> GenRequest:
+    """One row: the prompt rendered in `adapter`'s format (lora_train.inference.prompting)."""
+    text, ids = prompting.user_prompt(host, adapter, prompt, fmt)
+    return GenRequest(text, adapter, params, ids=ids, **kw)
+
+
+def format_notes(host, adapters: list[str], fmt: PromptFormat) -> list[str]:
+    """A line for each adapter whose prompts cannot use its training format (no lora_train.yaml)."""
+    return [n for a in dict.fromkeys(adapters) if (n := prompting.format_of(host, a, fmt).note)]
+
+
 def complete(host, job: GenerateJob, prompts: list[str], adapters: list[str], params: GenParams) -> list[dict]:
     """Every prompt with every adapter; streamed one at a time, or batched across adapters and prompts."""
     records = []
@@ -107,7 +132,7 @@ def complete(host, job: GenerateJob, prompts: list[str], adapters: list[str], pa
             if a == adapters[0]:
                 _print(f"\n### prompt {i + 1}: {p}\n")
             _print(f"[{a}] ")
-            req = GenRequest(format_prompt(p, job.format), a, params, on_text=_print)
+            req = request(host, job.format, p, a, params, on_text=_print)
             res = generate(host, [req])[0]
             _print("\n")
             records.append({"prompt": p, "adapter": a, "completion": res.text, "finish_reason": res.finish_reason})
@@ -122,7 +147,7 @@ def complete(host, job: GenerateJob, prompts: list[str], adapters: list[str], pa
         chunks = [pairs[i:i + job.batch_size] for i in range(0, len(pairs), job.batch_size)]
         run_chunk = lambda reqs: generate(host, reqs)  # noqa: E731
     for chunk in chunks:
-        results = run_chunk([GenRequest(format_prompt(p, job.format), a, params) for _, p, a in chunk])
+        results = run_chunk([request(host, job.format, p, a, params) for _, p, a in chunk])
         for (i, p, a), res in zip(chunk, results):
             records.append({"prompt": p, "adapter": a, "completion": res.text, "finish_reason": res.finish_reason})
     for i, p in enumerate(prompts):
@@ -133,7 +158,7 @@ def complete(host, job: GenerateJob, prompts: list[str], adapters: list[str], pa
     return records
 
 
-def chat(host, adapter: str, params: GenParams, read=input) -> list[dict]:
+def chat(host, adapter: str, params: GenParams, read=input, fmt: PromptFormat = PromptFormat.adapter) -> list[dict]:
     """A conversation in the terminal; every exchange is also returned as a record."""
     history, records = [], []
     _print(f"chatting with {adapter!r} ({HELP})\n")
@@ -154,12 +179,22 @@ def chat(host, adapter: str, params: GenParams, read=input) -> list[dict]:
             try:
                 adapter = check_adapters(host, [name])[0]
                 history = []
+                for note in format_notes(host, [adapter], fmt):
+                    _print(f"note: {note}\n")
+                for note in format_notes(host, [adapter], fmt):
+                    _print(f"note: {note}\n")
             except UserError as e:
                 _print(f"error: {e}\n")
             continue
         history.append({"role": "user", "content": line})
+        try:  # the conversation in the adapter's format; a chat template may refuse it
+            text, ids = prompting.conversation(host, adapter, history, fmt)
+        except UserError as e:
+            history.pop()
+            _print(f"error: {e}\n")
+            continue
         _print(f"{adapter}> ")
-        res = generate(host, [GenRequest(chat_prompt(history), adapter, params, on_text=_print)])[0]
+        res = generate(host, [GenRequest(text, adapter, params, on_text=_print, ids=ids)])[0]
         _print("\n")
         history.append({"role": "assistant", "content": res.text})
         records.append({"prompt": line, "adapter": adapter, "completion": res.text,
@@ -175,6 +210,7 @@ def run(cfg: DictConfig | GenerateJob) -> list[dict]:
         artifacts.check_output(output, "output", job.overwrite)
     params = params_of(job)
     prompts = None if job.interactive else read_prompts(job)
+    job.adapters = [latest_name(a, job.adapters_dir) for a in job.adapters]  # `latest`: the newest adapter's name
     for name in job.adapters:  # a bad name fails before the base loads
         check_name(name)
     host = MultiAdapterModel.from_config(job)
@@ -182,8 +218,15 @@ def run(cfg: DictConfig | GenerateJob) -> list[dict]:
     for name in adapters[: host.max_resident]:  # load (and check against the base) before printing anything
         if not host.is_base(name):
             host.load(name)
+    for note in format_notes(host, adapters, job.format):  # e.g. an adapter made elsewhere: gpt4all is a guess
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    for note in format_notes(host, adapters, job.format):  # e.g. an adapter made elsewhere: gpt4all is a guess
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    note = random_model_note(host.model_cfg.name_or_path)
+    if note:  # a newcomer would otherwise take the random model's noise for a bug
+        print(note, file=sys.stderr, flush=True)
     if job.interactive:
-        records = chat(host, adapters[0], params)
+        records = chat(host, adapters[0], params, fmt=job.format)
     else:
         records = complete(host, job, prompts, adapters, params)
     if output is not None:  # written whole and renamed into place: never a half-written file

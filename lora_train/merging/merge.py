@@ -1,6 +1,7 @@
 """`lora-merge`: an adapter merged into a full model that plain transformers loads, verified against the adapter.
 
     lora-merge adapter=adapters/my-run output=merged/my-run            # base read from the adapter folder
+    lora-merge adapter=latest output=merged/latest                     # the newest adapter in adapters_dir
     lora-merge adapter=adapters/my-run output=merged/my-run merge.base=original dtype=bfloat16
     lora-merge adapters=[adapters/a,adapters/b] combination=cat output=adapters/a_plus_b   (see combine.py)
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from lora_train.adapters import resolve_latest
 from lora_train.config import typed
 from lora_train.errors import UserError, reported
 from lora_train.merging.combine import combine
@@ -28,6 +30,9 @@ def to_job(cfg: DictConfig | MergeJob) -> MergeJob:
 def run(cfg: DictConfig | MergeJob) -> Path:
     """Merge (`adapter=`) or combine (`adapters=`); returns the folder written. Raises UserError for user mistakes."""
     job = to_job(cfg)
+    if job.adapter is not None:
+        job.adapter = resolve_latest(job.adapter, job.adapters_dir, "adapter")
+    job.adapters = [resolve_latest(a, job.adapters_dir, "adapters") for a in job.adapters]
     if job.adapters:
         if job.adapter:
             raise UserError("give either adapter=... (merge into a full model) or adapters=[...] (combine), not both")

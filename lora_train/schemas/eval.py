@@ -58,7 +58,9 @@ class EvalJob:
 
     model: Optional[ModelConfig] = None  # None = the base recorded in the adapters' lora_train.yaml
     quant: Optional[QuantConfig] = None  # None = the quantization the adapters were trained with
-    adapters: list[str] = field(default_factory=list)  # adapter folders, each a row of the table
+    adapters: list[str] = field(default_factory=list)  # adapter folders, each a row; `latest` = newest in adapters_dir
+    adapters_dir: str = "adapters"  # where `latest` looks: the newest finished adapter folder in it
+    progress: Optional[bool] = None  # progress bars; None = only when stderr is a terminal (never into log files)
     base: bool = True  # also evaluate the base model alone (its own row)
     output: str = "evals"  # results.md, results.json and samples.md go here (a new folder, written atomically)
     overwrite: bool = False  # replace an existing output folder (refused otherwise, before anything loads)

@@ -13,6 +13,7 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
+from lora_train.schemas.deploy import DeployConfig
 from lora_train.schemas.model import ModelConfig, QuantConfig
 
 
@@ -22,7 +23,10 @@ class Scheduler(str, Enum):
 
 
 class PromptFormat(str, Enum):
-    gpt4all = "gpt4all"  # prompt + "\n", exactly as lora-train formats training examples
+    # Each adapter's own data.template from its lora_train.yaml (gpt4all without one); the base: its tokenizer's
+    # chat template when it has one, else gpt4all.
+    adapter = "adapter"
+    gpt4all = "gpt4all"  # prompt + "\n", the GPT4All-J training format, whatever the adapter learned
     raw = "raw"  # the prompt text unchanged
 
 
@@ -44,6 +48,7 @@ class BaseSelection:
     adapters_dir: str = "adapters"  # every sub-folder holding adapter_config.json is an adapter named after it
     adapter_paths: list[str] = field(default_factory=list)  # extra adapter folders, anywhere (named after the folder)
     max_resident_adapters: int = 8  # adapters kept in memory; the least recently used is unloaded beyond this
+    progress: Optional[bool] = None  # progress bars; None = only when stderr is a terminal (never into log files)
     allow_pickle: bool = False  # also load adapter_model.bin (a pickle: it can run code); safetensors only otherwise
 
 
@@ -51,10 +56,10 @@ class BaseSelection:
 class GenerateJob(BaseSelection):
     """The primary config of `lora-generate`."""
 
-    adapters: list[str] = field(default_factory=list)  # names to compare side by side; `base` = no adapter
+    adapters: list[str] = field(default_factory=list)  # names side by side; `base` = no adapter, `latest` = newest
     prompt: Optional[str] = None  # one prompt
     prompt_file: Optional[str] = None  # a text file, one prompt per line, or a .jsonl file with a "prompt" field
-    format: PromptFormat = PromptFormat.gpt4all
+    format: PromptFormat = PromptFormat.adapter  # how a prompt becomes the text each adapter reads
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stream: bool = True  # print tokens as they come (one completion at a time); false = batched, printed at the end
     batch_size: int = 8  # completions per forward pass when stream=false (mixed adapters in one batch)
@@ -73,6 +78,12 @@ class ServeJob(BaseSelection):
     host: str = "127.0.0.1"  # only this machine by default; 0.0.0.0 exposes the server to the network
     port: int = 8000
     api_key: Optional[str] = None  # require "Authorization: Bearer <key>"; also read from $LORA_SERVE_API_KEY
+    # How /v1/chat/completions renders messages: adapter (each adapter's training format; the tokenizer's chat
+    # template where it trained with one), gpt4all, or raw (contents one per line). /v1/completions is always raw.
+    format: PromptFormat = PromptFormat.adapter
+    # How /v1/chat/completions renders messages: adapter (each adapter's training format; the tokenizer's chat
+    # template where it trained with one), gpt4all, or raw (contents one per line). /v1/completions is always raw.
+    format: PromptFormat = PromptFormat.adapter
     preload: bool = True  # load adapters (up to max_resident_adapters) at start, so first requests are fast
     scheduler: Scheduler = Scheduler.continuous  # continuous: rows join/leave every step; static: whole batches
     max_batch_size: int = 16  # rows generated together (continuous: running rows at once; static: one batch)
@@ -87,6 +98,7 @@ class ServeJob(BaseSelection):
     request_timeout_s: float = 600.0  # a request waiting longer than this in total is answered 503
     log_level: str = "info"
     playground: Optional[bool] = None  # the web page at /: None = on only when host is a loopback address
+    deploy: DeployConfig = field(default_factory=DeployConfig)  # deploy=local (one process) or deploy=ray
 
 
 def register() -> None:

@@ -49,8 +49,10 @@ class MergeOptions:
 class MergeJob:
     """The primary config of `lora-merge`."""
 
-    adapter: Optional[str] = None  # an adapter folder to merge into a full model
-    adapters: list[str] = field(default_factory=list)  # adapter folders to combine into a new adapter
+    adapter: Optional[str] = None  # an adapter folder to merge into a full model; `latest` = newest in adapters_dir
+    adapters: list[str] = field(default_factory=list)  # adapter folders to combine into a new adapter (`latest` too)
+    adapters_dir: str = "adapters"  # where `latest` looks: the newest finished adapter folder in it
+    progress: Optional[bool] = None  # progress bars; None = only when stderr is a terminal (never into log files)
     weights: list[float] = field(default_factory=list)  # one per adapter (default 1.0 each)
     combination: Combination = Combination.linear
     density: Optional[float] = None  # ties / dare_* / magnitude_prune: share of each delta kept, in (0, 1]

@@ -61,6 +61,7 @@ class TrainJob:
     adapters_dir: str = "adapters"
     seed: int = 42
     dry_run: bool = False  # print the plan and exit without loading anything heavy
+    progress: Optional[bool] = None  # progress bars; None = only when stderr is a terminal (never into log files)
     overwrite: bool = False  # replace an existing adapter folder of the same run_name
     # false: start fresh; true: continue the newest complete checkpoint of run_name (same data order and schedule);
     # auto: like true, or a fresh start when there is no checkpoint; or the path of one checkpoint folder.

@@ -31,10 +31,11 @@ KILL_POINTS = ("checkpoint-config",  # the Trainer's files and lora_train.yaml a
                "checkpoint-marker",  # everything is flushed and the marker's temp file written; not yet renamed
                "checkpoint-remove")  # pruning: an older checkpoint's marker is deleted, its files not yet
 KILL_AT = "LORA_TRAIN_TEST_KILL_AT"
-# Keys that may differ between a run and its resumption without changing what is trained.
-_FREE_KEYS = {"resume", "overwrite", "dry_run", "run_name", "adapters_dir", "train.report_to", "train.logging_steps",
-              "train.eval_steps", "train.save_steps", "train.save_total_limit", "train.max_nonfinite_steps",
-              "train.gradient_checkpointing", "data.cache"}  # memory/speed trade-offs: the same maths either way
+# Keys that may differ between a run and its resumption without changing what is trained (output, logging and
+# memory/speed trade-offs: the same maths either way).
+_FREE_KEYS = {"resume", "overwrite", "dry_run", "progress", "run_name", "adapters_dir", "train.report_to",
+              "train.logging_steps", "train.eval_steps", "train.save_steps", "train.save_total_limit",
+              "train.max_nonfinite_steps", "train.gradient_checkpointing", "data.cache"}
 
 
 def work_dir(job) -> Path:

@@ -40,7 +40,7 @@ from lora_train.errors import UserError
 RECORD = "lora_train_job.json"
 METRICS = ["train_loss", "eval_loss", "eval_perplexity", "global_step", "runtime_s", "trained_tokens_per_s"]
 # Overrides that say how a sweep runs, not what a run is: they stay out of folder names and settings columns.
-NOT_SETTINGS = {"run_name", "adapters_dir", "overwrite", "sweep", "launcher"}
+NOT_SETTINGS = {"run_name", "adapters_dir", "overwrite", "progress", "sweep", "launcher"}
 
 
 def in_multirun() -> bool:

@@ -17,17 +17,18 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lora_train import artifacts
-from lora_train.adapters import BASE_FILE, base_summary
+from lora_train import artifacts, console
+from lora_train.adapters import BASE_FILE, LATEST, base_summary
 from lora_train.config import typed
 from lora_train.data.build import build_datasets, check_source, is_local, read_rows, resolve_source
 from lora_train.errors import UserError, reported
-from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, resolve_model
+from lora_train.model import compute_dtype, load_base, load_tokenizer, peft_config, random_model_note, resolve_model
 from lora_train.model import device_map as model_device_map
 from lora_train.schemas import DType, TrainJob
 from lora_train.training import card, checkpoints, distributed, plan, sweep
 from lora_train.training import init as lora_init
 from lora_train.training.estimate import resolve_checkpointing
+from lora_train.training import metrics as run_log
 from lora_train.training.metrics import run_metrics
 from lora_train.training.packing import collator_for, layout_name
 
@@ -40,6 +41,9 @@ def check_job(job: TrainJob) -> None:
     """Everything that can be checked before loading anything: names, numbers, paths."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*", job.run_name):
         raise UserError(f"run_name={job.run_name!r}: use letters, digits and . _ - + = , (it names a folder)")
+    if job.run_name == LATEST:
+        raise UserError(f"run_name={LATEST}: {LATEST!r} is reserved (adapter=latest means the newest adapter in "
+                        "adapters_dir); choose another run_name")
     t, d, lo = job.train, job.data, job.lora
     for key, value, ok in [
         ("lora.r", lo.r, lo.r > 0), ("lora.alpha", lo.alpha, lo.alpha > 0),
@@ -84,7 +88,7 @@ def _checkpointing(on: bool) -> dict:
     return {"gradient_checkpointing": on}
 
 
-def sft_config(job: TrainJob, work_dir: Path, accumulation: int, has_eval: bool):
+def sft_config(job: TrainJob, work_dir: Path, accumulation: int, has_eval: bool, bars: bool = False):
     import torch
     from trl import SFTConfig
 
@@ -106,6 +110,7 @@ def sft_config(job: TrainJob, work_dir: Path, accumulation: int, has_eval: bool)
         optim=t.optim,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        disable_tqdm=not bars,  # progress=... / a terminal (lora_train/console.py); records print either way
         eval_strategy=eval_strategy,
         eval_steps=t.eval_steps,
         save_strategy="steps" if t.save_steps else "no",
@@ -161,6 +166,8 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     """Train one adapter; returns its folder (None for dry_run). Raises UserError for anything the user can fix."""
     job = to_job(cfg)
     check_job(job)
+    bars = console.wants_progress(job.progress)
+    console.progress_bars(False)  # nothing before the plan: the model build, data cache and load stay silent
     job = distributed.setup(job)  # several processes: one run_name, one process group, launcher checked
     final = Path(job.adapters_dir) / job.run_name
     distributed.rank_zero_check(artifacts.check_writable, final, job.overwrite)
@@ -189,6 +196,12 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     p.optimizer_steps = plan.optimizer_steps(job, len(train_ds), p.global_batch)
     device_map = model_device_map()
     base = load_base(model_path, job.model, job.quant, device_map=device_map)
+    for module in base.modules():
+        # bitsandbytes repacks 4-bit weights for its AVX512-BF16 inference kernel on the first no-grad forward (the
+        # evaluation) and keeps using that kernel afterwards, whose in-place bias add breaks the next training step's
+        # autograd ("a view of a leaf Variable ... in-place"). Training keeps the ordinary layout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
     work_dir = checkpoints.work_dir(job)
     guard = guards.Guard(job, work_dir)
@@ -196,7 +209,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     p.layout = layout_name(collator, job)
     trainer = SFTTrainer(
         model=base,
-        args=sft_config(job, work_dir, accumulation, eval_ds is not None),
+        args=sft_config(job, work_dir, accumulation, eval_ds is not None, bars),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
@@ -204,6 +217,13 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
         peft_config=peft_config(job.lora),
         callbacks=[guard],
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for printer in (PrinterCallback, ProgressCallback):  # they print records as dicts of strings
+        trainer.remove_callback(printer)
+    trainer.add_callback(run_log.log_printer(bars))
+    if bars:
+        trainer.add_callback(run_log.quiet_progress())
     # TRL stores a quantized model's LoRA weights in bf16. At the recipe's lr of 2e-5, an Adam update is smaller
     # than bf16's resolution of typical LoRA-A values, so updates would round away: keep float32 master weights
     # (the forward pass still runs in bf16 under autocast).
@@ -218,6 +238,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     p.trainable_params, p.total_params = (lambda t, a: (t, a - t))(*trainer.model.get_nb_trainable_parameters())
     if trainer.is_world_process_zero():
         print("\n".join(p.lines(job)), flush=True)
+    console.progress_bars(bars)
 
     with guard.watching():  # SIGTERM/SIGUSR1 -> checkpoint + exit 75; NaN steps; failed saves -> clear errors
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -248,8 +269,11 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(work_dir, ignore_errors=True)
-    print(f"adapter written to {final}  (train loss {metrics['train_loss']:.4f}"
+    print(f"adapter written to {final}  (train loss {metrics['train_loss']:.4f} over the last logged steps"
           + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "") + ")", flush=True)
+    note = random_model_note(job.model.name_or_path)
+    if note:
+        print(note, flush=True)
     return final
 
 

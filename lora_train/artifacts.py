@@ -131,3 +131,17 @@ def plot_losses(history: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def shown_path(value):
+    """A local absolute path as the card shows it: relative to the working folder when under it, else from `~`, else
+    only its last part: the card travels with the adapter, the machine's folders do not."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path, home = Path(value), Path.home()
+    for root, prefix in ((Path.cwd(), ""), (home, "~/")):
+        try:
+            return prefix + str(path.relative_to(root))
+        except ValueError:
+            continue
+    return f"<{path.name}>"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lora_train.adapters import AdapterInfo
+from lora_train.artifacts import shown_path
 
 
 def _rows(pairs) -> str:
@@ -45,8 +46,8 @@ tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 ## Merge
 
 {_rows([
-    ("adapter", f"`{result['adapter']}`"),
-    ("base", f"`{result['base']}`" + (f" (revision `{result['revision']}`)" if result.get("revision") else "")),
+    ("adapter", f"`{shown_path(result['adapter'])}`"),
+    ("base", f"`{shown_path(result['base'])}`" + (f" (revision `{result['revision']}`)" if result.get("revision") else "")),
     ("adapter trained on", f"{result['quant']} base"),
     ("merge method", method),
     ("merge base (`merge.base`)", result["merge_base"]),
@@ -64,7 +65,7 @@ The merged model against the adapter on its training-time base, on held-out exam
 
 
 def render_combined(name: str, combo: dict) -> str:
-    parents = "\n".join(f"| `{p['folder']}` | {p['weight']} | {p['r']} | {p['alpha']} |" for p in combo["parents"])
+    parents = "\n".join(f"| `{shown_path(p['folder'])}` | {p['weight']} | {p['r']} | {p['alpha']} |" for p in combo["parents"])
     return f"""---
 library_name: peft
 base_model: {combo['base']}

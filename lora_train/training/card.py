@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lora_train.artifacts import shown_path
+
+THIS_FOLDER = "<this folder>"  # the adapter folder, wherever it is copied: a card names no path of the machine
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -58,10 +62,30 @@ def variant(lora: dict, train: dict) -> str:
     return text
 
 
+def use_snippet(base: str, revision: str | None) -> str:
+    """Python that loads this adapter on its base, as written: a builtin base through lora-train's own loader (it is
+    built locally, it is no Hub id), anything else through transformers."""
+    if base.startswith("builtin:"):
+        load = (f'from lora_train.model import resolve_model\nfrom lora_train.schemas import ModelConfig\n\n'
+                f'# {base} is built locally by lora-train (no download) and cached\n'
+                f'base = AutoModelForCausalLM.from_pretrained(resolve_model(ModelConfig(name_or_path="{base}")))')
+    else:
+        rev = f', revision="{revision}"' if revision else ""
+        load = f'base = AutoModelForCausalLM.from_pretrained("{base}"{rev})'
+    return f"""```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+{load}
+model = PeftModel.from_pretrained(base, "{THIS_FOLDER}")
+tokenizer = AutoTokenizer.from_pretrained("{THIS_FOLDER}")
+```"""
+
+
 def render(run_name: str, config: dict, metrics: dict) -> str:
     """Markdown with a YAML header the Hub understands (library, base model, tags)."""
     model, data = config["model"], config["data"]
-    base = model["name_or_path"]
+    base = shown_path(model["name_or_path"])
     report = metrics.get("data", {})
     steps = report.get("steps") or []
     curation = ", ".join(report.get("filters") or data.get("filters") or []) or "none"
@@ -69,7 +93,7 @@ def render(run_name: str, config: dict, metrics: dict) -> str:
         curation = f"{data['curation']} ({curation})"
     evals = [h["eval_loss"] for h in metrics.get("history", []) if "eval_loss" in h]
     results = [
-        ("final train loss", metrics.get("train_loss")),
+        ("train loss (the last logged: mean over the last logging interval)", metrics.get("train_loss")),
         ("eval loss (first -> last)", f"{evals[0]:.4f} -> {evals[-1]:.4f}" if evals else None),
         ("optimizer steps", metrics.get("global_step")),
         ("runtime (s)", metrics.get("runtime_s")),
@@ -77,7 +101,7 @@ def render(run_name: str, config: dict, metrics: dict) -> str:
         ("peak memory (MiB)", metrics.get("peak_memory_mib")),
     ]
     data_rows = [
-        ("source", data["source"]),
+        ("source", shown_path(data["source"])),
         ("revision", data.get("revision")),
         ("curation", curation),
         ("rows read", report.get("rows_read")),
@@ -88,7 +112,12 @@ def render(run_name: str, config: dict, metrics: dict) -> str:
         ("train / validation rows", f"{report.get('train_rows')} / {report.get('val_rows')}"),
     ]
     data_rows[4:4] = [(f"curation step {s['step']} (rows in -> out)", _step(s)) for s in steps]
-    hyper = [(k, v) for k, v in _flatten(config) if k.split(".")[0] in {"quant", "lora", "train", "data", "model"}]
+    hyper = [(k, shown_path(v)) for k, v in _flatten(config)
+             if k.split(".")[0] in {"quant", "lora", "train", "data", "model"}]
+    asked, used = config["quant"].get("compute_dtype"), metrics.get("compute_dtype")
+    if used is not None:  # one fact, two numbers otherwise: what was asked for and what the matmuls ran in
+        hyper = [(k, f"{used} (asked {asked}; this hardware would only emulate it)" if k == "quant.compute_dtype"
+                  and used != asked else v) for k, v in hyper]
     hyper.append(("seed", config.get("seed")))
     return f"""---
 library_name: peft
@@ -99,20 +128,13 @@ tags: [lora, qlora, gpt-j, gpt4all-j, lora-train]
 # {run_name}
 
 A LoRA adapter for `{base}`{f" (revision `{model['revision']}`)" if model.get("revision") else ""}, trained with
-lora-train: {config['quant']['mode']} base, LoRA r={config['lora']['r']} alpha={config['lora']['alpha']} on
+lora-train: {config['quant']['mode']} base{f", computed in {metrics['compute_dtype']}" if metrics.get("compute_dtype") else ""}, LoRA r={config['lora']['r']} alpha={config['lora']['alpha']} on
 {", ".join(config['lora']['target_modules'])}. Variant: {variant(config['lora'], config.get('train', {}))}. Each example is prompt + "\\n" + response + EOS, with the loss on
 the response and its EOS.
 
 ## Use
 
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-base = AutoModelForCausalLM.from_pretrained("{base}")
-model = PeftModel.from_pretrained(base, "<this folder>")
-tokenizer = AutoTokenizer.from_pretrained("<this folder>")
-```
+{use_snippet(base, model.get("revision"))}
 
 ## Results
 

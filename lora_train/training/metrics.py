@@ -8,6 +8,8 @@ from dataclasses import asdict
 
 from omegaconf import OmegaConf
 
+from lora_train.model import compute_dtype
+
 
 def run_metrics(job, trainer, result, final_eval, report, train_ds, p, runtime) -> dict:
     import resource
@@ -29,7 +31,8 @@ def run_metrics(job, trainer, result, final_eval, report, train_ds, p, runtime) 
     m = {
         "run_name": job.run_name,
         "train_loss": train_losses[-1] if train_losses else result.training_loss,
-        "train_loss_mean": result.training_loss,
+        "train_loss_mean": result.training_loss,  # over the whole run; "train loss" is the last logged one
+        "compute_dtype": compute_dtype(job.quant).value,  # what the matmuls ran in (config: what was asked for)
         "global_step": steps,
         "epochs": epochs_done,
         "runtime_s": round(runtime, 2),

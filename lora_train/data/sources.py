@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lora_train.errors import UserError
-from lora_train.schemas import SAMPLE_DATA, DataConfig
+from lora_train.schemas import LIST_DATA, SAMPLE_DATA, DataConfig
 
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -33,10 +33,14 @@ class Bad:
     reason: str
 
 
+# Data bundled with the package, by the name a user gives as data.source.
+BUNDLED = {SAMPLE_DATA: "sample.jsonl", LIST_DATA: "lists.jsonl"}
+
+
 def resolve_source(source: str) -> str:
-    """The bundled sample's path, or the source unchanged."""
-    if source == SAMPLE_DATA:
-        return str(Path(__file__).parent / "files" / "sample.jsonl")
+    """A bundled file's path, or the source unchanged."""
+    if source in BUNDLED:
+        return str(Path(__file__).parent / "files" / BUNDLED[source])
     return source
 
 
@@ -216,9 +220,9 @@ def iter_rows(cfg: DataConfig) -> Iterator[tuple[str, Any]]:
         items = (item for f in local_files(cfg) for item in READERS[f.suffix.lower()](f, cfg.max_row_bytes))
     else:
         items = _hub(cfg)
-    sample = resolve_source(SAMPLE_DATA) if cfg.source == SAMPLE_DATA else None
+    bundled = resolve_source(cfg.source) if cfg.source in BUNDLED else None
     for n, (where, row) in enumerate(items):
         if cfg.max_rows is not None and n >= cfg.max_rows:
             return
-        # The bundled sample is named as the user named it, not by where the package happens to be installed.
-        yield (where.replace(sample, SAMPLE_DATA) if sample else where), row
+        # Bundled data is named as the user named it, not by where the package happens to be installed.
+        yield (where.replace(bundled, cfg.source) if bundled else where), row

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-# The sentinel that names the bundled GPT4All-J-style sample rows; see lora_train/data/files/.
-SAMPLE_DATA = "builtin:sample"
+# Data bundled with the package (lora_train/data/files/), in the GPT4All-J schema:
+SAMPLE_DATA = "builtin:sample"  # ~380 GPT4All-J-style rows: questions, instructions, code
+LIST_DATA = "builtin:lists"  # 1,200 questions about short word lists, answered "Answer: x" (benchmarks/list_task.py)
 
 
 class DataFormat(str, Enum):

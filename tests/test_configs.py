@@ -53,6 +53,31 @@ def test_gpt4all_j_recipe_has_the_model_card_numbers():
     assert job.seed == 42
 
 
+def test_gpt4all_j_log_preset_has_the_training_logs_lora_settings():
+    """experiment=gpt4all_j_lora_6b_log: TRAINING_LOG.md's LoRA run (docs/train.md cites the file behind each number);
+    everything but the batch and the schedule is the recipe's."""
+    import torch
+    from transformers import get_scheduler
+
+    log = OmegaConf.to_object(compose("train", ["experiment=gpt4all_j_lora_6b_log"]))
+    card = OmegaConf.to_object(compose("train", ["experiment=gpt4all_j_lora_6b"]))
+    t = log.train
+    assert (t.per_device_batch_size, t.global_batch_size, t.learning_rate) == (4, 32, 2e-5)
+    assert (t.lr_scheduler, t.warmup_steps, t.epochs, t.weight_decay, t.max_grad_norm) == \
+        ("constant_with_warmup", 500, 2, 0.0, 1.0)
+    assert (log.model, log.quant, log.lora, log.data, log.seed) == (card.model, card.quant, card.lora, card.data, card.seed)
+    # transformers' constant_with_warmup is DeepSpeed's WarmupLR (warmup_type linear, warmup_min_lr 0): from 0 to the
+    # learning rate over the warmup steps, then flat for good
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=t.learning_rate)
+    sched = get_scheduler(t.lr_scheduler, opt, num_warmup_steps=t.warmup_steps, num_training_steps=20_000)
+    lrs = {}
+    for step in range(10_001):
+        lrs[step] = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0 and lrs[250] == pytest.approx(1e-5) and lrs[500] == lrs[10_000] == pytest.approx(2e-5)
+
+
 @pytest.mark.parametrize("revision", ["v1.0", "v1.1-breezy", "v1.2-jazzy", "v1.3-groovy"])
 def test_dataset_revision_is_selectable(revision):
     job = OmegaConf.to_object(compose("train", ["experiment=gpt4all_j_lora_6b", f"data.revision={revision}"]))

@@ -40,11 +40,18 @@ def _wrap(template: str) -> tuple[str, str]:
 
 def render(ex: dict, cfg: DataConfig, tokenizer) -> list[tuple[str, str]]:
     """[(text, kind)] for one valid example; kind is "prompt", "fixed" or "response"."""
-    if cfg.template == CHAT_TEMPLATE:
-        return _render_chat_template(turns(ex), tokenizer)
-    head, tail = _wrap(cfg.template)
+    return render_turns(turns(ex), cfg.template, tokenizer)
+
+
+def render_turns(messages: list[dict], template: str, tokenizer, answer: bool = False) -> list[tuple[str, str]]:
+    """[(text, kind)] for a conversation under `template`. With answer=True the conversation ends with a user (or
+    system) turn that the model is to answer: the pieces end where a response begins in training, so the text a
+    server hands the model is, piece for piece, the text an adapter was trained on."""
+    if template == CHAT_TEMPLATE:
+        return _render_chat_template(messages, tokenizer, answer)
+    head, tail = _wrap(template)
     pieces = []
-    for t in turns(ex):
+    for t in messages:
         if t["role"] == "assistant":
             pieces.append((t["content"], "response"))
         else:
@@ -54,25 +61,38 @@ def render(ex: dict, cfg: DataConfig, tokenizer) -> list[tuple[str, str]]:
     return [(text, kind) for text, kind in pieces if text or kind == "response"]
 
 
-def _render_chat_template(messages: list[dict], tokenizer) -> list[tuple[str, str]]:
+def _apply_chat_template(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except TemplateError as e:  # the template's own refusal, e.g. raise_exception("System role not supported")
+        raise UserError(f"the tokenizer's chat template cannot render these messages: {e}") from None
+
+
+def _render_chat_template(messages: list[dict], tokenizer, answer: bool = False) -> list[tuple[str, str]]:
     """Render with the tokenizer's chat template, turn by turn: what each assistant turn adds to the rendered text
-    is the response; what comes between is prompt (user text, cuttable) then fixed (the generation prompt)."""
+    is the response; what comes between is prompt (user text, cuttable) then fixed (the generation prompt). With
+    `answer`, the text up to the generation prompt that follows the last turn ends the pieces."""
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("data.template=chat_template: this tokenizer has no chat template; use data.template=gpt4all, "
                         "alpaca or your own template containing {prompt}")
-    apply = lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)  # noqa: E731
+    ends = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if answer and messages and messages[-1]["role"] != "assistant":
+        ends.append(len(messages))
     pieces, done = [], ""
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before, through = apply(messages[:i], True), apply(messages[: i + 1], False)
+    for i in ends:
+        before = _apply_chat_template(tokenizer, messages[:i], True)
+        through = _apply_chat_template(tokenizer, messages[: i + 1], False) if i < len(messages) else before
         if not before.startswith(done) or not through.startswith(before):
             raise UserError("data.template=chat_template: the tokenizer's chat template does not render turns "
                             "incrementally, so the response tokens cannot be located; use another data.template")
         chunk = before[len(done):]
         last_user = next((t["content"] for t in reversed(messages[:i]) if t["role"] != "assistant"), "")
         cut = chunk.rfind(last_user) + len(last_user) if last_user and last_user in chunk else len(chunk)
-        pieces += [(chunk[:cut], "prompt"), (chunk[cut:], "fixed"), (through[len(before):], "response")]
+        pieces += [(chunk[:cut], "prompt"), (chunk[cut:], "fixed")]
+        if i < len(messages):
+            pieces.append((through[len(before):], "response"))
         done = through
     return [(text, kind) for text, kind in pieces if text or kind == "response"]
 
@@ -98,6 +118,38 @@ def _fit_prefix(pieces: list[list], budget: int) -> bool:
     return True
 
 
+def piece_ids(tokenizer, rendered: list[list[tuple[str, str]]], eos_in_template: bool) -> list[list[list]]:
+    """[[ids, kind]] per rendered example: each piece tokenized on its own (so the loss mask is exact), a response
+    followed by EOS unless the chat template already ends it with EOS."""
+    flat = [text for pieces in rendered for text, _ in pieces]
+    ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    out, k = [], 0
+    for pieces in rendered:
+        one = []
+        for text, kind in pieces:
+            t = list(ids[k])
+            k += 1
+            if kind == "response" and not (eos_in_template and text.rstrip().endswith(tokenizer.eos_token)):
+                t.append(tokenizer.eos_token_id)
+            one.append([t, kind])
+        out.append(one)
+    return out
+
+
+def eos_in_template(template: str, tokenizer) -> bool:
+    """A chat template may end an assistant turn with EOS already; never add a second one."""
+    return template == CHAT_TEMPLATE and bool(tokenizer.eos_token or "")
+
+
+def prompt_ids(messages: list[dict], template: str, tokenizer) -> tuple[str, list[int]]:
+    """(text, token ids) of a conversation that the model is to answer next, rendered and tokenized exactly as
+    training renders and tokenizes the part of an example before its response (earlier assistant turns end with
+    EOS as they did in training). No prompt is cut here: a server refuses a prompt too long for the model."""
+    pieces = render_turns(messages, template, tokenizer, answer=True)
+    ids = piece_ids(tokenizer, [pieces], eos_in_template(template, tokenizer))[0]
+    return "".join(text for text, _ in pieces), [i for t, _ in ids for i in t]
+
+
 class Tokenizer:
     """Renders and tokenizes examples; counts truncations and drops into the report (see module docstring)."""
 
@@ -106,25 +158,10 @@ class Tokenizer:
             raise UserError("the tokenizer has no EOS token: the model could never learn to stop")
         self.tok, self.cfg = tokenizer, cfg
         self.max_prompt = max(1, int(cfg.max_length * cfg.max_prompt_fraction))
-        eos_text = tokenizer.eos_token or ""
-        self.eos = tokenizer.eos_token_id
-        # A chat template may end an assistant turn with EOS already; never add a second one.
-        self.eos_in_template = cfg.template == CHAT_TEMPLATE and bool(eos_text)
+        self.eos_in_template = eos_in_template(cfg.template, tokenizer)
 
     def _ids(self, rendered: list[list[tuple[str, str]]]) -> list[list[list]]:
-        flat = [text for pieces in rendered for text, _ in pieces]
-        ids = self.tok(flat, add_special_tokens=False)["input_ids"] if flat else []
-        out, k = [], 0
-        for pieces in rendered:
-            one = []
-            for text, kind in pieces:
-                t = list(ids[k])
-                k += 1
-                if kind == "response" and not (self.eos_in_template and text.rstrip().endswith(self.tok.eos_token)):
-                    t.append(self.eos)
-                one.append([t, kind])
-            out.append(one)
-        return out
+        return piece_ids(self.tok, rendered, self.eos_in_template)
 
     def lengths(self, exs: list[dict]) -> list[int]:
         """Full token length of each example, before any cut."""

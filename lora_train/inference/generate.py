@@ -112,17 +112,6 @@ def format_notes(host, adapters: list[str], fmt: PromptFormat) -> list[str]:
     return [n for a in dict.fromkeys(adapters) if (n := prompting.format_of(host, a, fmt).note)]
 
 
-def request(host, fmt: PromptFormat, prompt: str, adapter: str, params: GenParams, **kw) -> GenRequest:
-    """One row: the prompt rendered in `adapter`'s format (lora_train.inference.prompting)."""
-    text, ids = prompting.user_prompt(host, adapter, prompt, fmt)
-    return GenRequest(text, adapter, params, ids=ids, **kw)
-
-
-def format_notes(host, adapters: list[str], fmt: PromptFormat) -> list[str]:
-    """A line for each adapter whose prompts cannot use its training format (no lora_train.yaml)."""
-    return [n for a in dict.fromkeys(adapters) if (n := prompting.format_of(host, a, fmt).note)]
-
-
 def complete(host, job: GenerateJob, prompts: list[str], adapters: list[str], params: GenParams) -> list[dict]:
     """Every prompt with every adapter; streamed one at a time, or batched across adapters and prompts."""
     records = []
@@ -181,8 +170,6 @@ def chat(host, adapter: str, params: GenParams, read=input, fmt: PromptFormat = 
                 history = []
                 for note in format_notes(host, [adapter], fmt):
                     _print(f"note: {note}\n")
-                for note in format_notes(host, [adapter], fmt):
-                    _print(f"note: {note}\n")
             except UserError as e:
                 _print(f"error: {e}\n")
             continue
@@ -218,8 +205,6 @@ def run(cfg: DictConfig | GenerateJob) -> list[dict]:
     for name in adapters[: host.max_resident]:  # load (and check against the base) before printing anything
         if not host.is_base(name):
             host.load(name)
-    for note in format_notes(host, adapters, job.format):  # e.g. an adapter made elsewhere: gpt4all is a guess
-        print(f"note: {note}", file=sys.stderr, flush=True)
     for note in format_notes(host, adapters, job.format):  # e.g. an adapter made elsewhere: gpt4all is a guess
         print(f"note: {note}", file=sys.stderr, flush=True)
     note = random_model_note(host.model_cfg.name_or_path)

@@ -24,18 +24,12 @@ SEPARATOR = "\n"  # between prompt and response, as lora-train formats training 
 
 
 def format_prompt(text: str, fmt: PromptFormat | str = PromptFormat.gpt4all) -> str:
-    """The GPT4All-J format is prompt + "\\n" (the response follows), exactly as in training."""
-    return text + SEPARATOR if PromptFormat(fmt) == PromptFormat.gpt4all else text
-
-
-def chat_prompt(messages: list[dict]) -> str:
-    """A conversation as one GPT4All-J prompt. The recipe trains single turns (prompt "\\n" response), so earlier
-    turns are laid out the same way, one after another, and the last user message ends with the separator."""
-    parts = []
-    for m in messages:
-        content = m["content"].strip()
-        parts.append(content + SEPARATOR)
-    return "".join(parts)
+    """The GPT4All-J format is prompt + "\\n" (the response follows), exactly as in training; raw is the text.
+    An adapter's own format needs its template and the tokenizer: lora_train.inference.prompting."""
+    fmt = PromptFormat(fmt)
+    if fmt == PromptFormat.adapter:
+        raise ValueError("format=adapter depends on the adapter: use lora_train.inference.prompting.user_prompt")
+    return text + SEPARATOR if fmt == PromptFormat.gpt4all else text
 
 
 @dataclass
@@ -55,13 +49,15 @@ class GenParams:
 
 @dataclass
 class GenRequest:
-    prompt: str  # already formatted (see format_prompt / chat_prompt)
+    prompt: str  # already formatted (see format_prompt, and lora_train.inference.prompting for adapter formats)
     adapter: str  # adapter name, or the base's name / "base" for no adapter
     params: GenParams = field(default_factory=GenParams)
     on_text: Optional[Callable[[str], None]] = None  # called with each new piece of text, from the generating thread
     cancelled: threading.Event = field(default_factory=threading.Event)  # set it to stop this row early
     on_token: Optional[Callable[[], None]] = None  # called once per generated token (EOS included), for metrics
-    ids: Optional[list[int]] = None  # the prompt's token ids once checked (prepare); tokenized off the worker
+    # The prompt's token ids: given by the caller when the prompt was rendered piece by piece as in training
+    # (lora_train.inference.prompting), else tokenized from `prompt` by prepare(), off the worker.
+    ids: Optional[list[int]] = None
 
 
 @dataclass
@@ -74,11 +70,13 @@ class GenResult:
 
 def prompt_ids(tokenizer, request: GenRequest, max_positions: int | None) -> list[int]:
     """The prompt's token ids, checked: not empty, and room left for max_new_tokens."""
-    if request.ids is not None:  # already checked by prepare()
-        return request.ids
-    if not request.prompt.strip():
+    ids = request.ids
+    if ids is None:
+        if not request.prompt.strip():
+            raise UserError("the prompt is empty")
+        ids = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
         raise UserError("the prompt is empty")
-    ids = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
     if max_positions and len(ids) + request.params.max_new_tokens > max_positions:
         raise UserError(f"prompt ({len(ids)} tokens) + max_tokens ({request.params.max_new_tokens}) exceeds the "
                         f"model's context of {max_positions} tokens; shorten the prompt or lower max_tokens")

@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, missing_extra, reported
-from lora_train.inference import cards, lifecycle, playground
+from lora_train.inference import cards, lifecycle, playground, prompting
 from lora_train.inference.api_errors import ApiError, as_api_error, read_json
 from lora_train.inference.batching import Closed, QueueFull, Ticket
-from lora_train.inference.generation import GenRequest, chat_prompt
+from lora_train.inference.generation import GenRequest
 from lora_train.inference.metrics import ServeMetrics
 from lora_train.inference.registry import MultiAdapterModel, check_name
 from lora_train.inference.scheduler import build_batcher
@@ -100,8 +100,9 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
     async def body_json(request: Request) -> dict:
         return await read_json(request, job.max_request_bytes)
 
-    async def run_rows(prompts: list[str], model: str, params, stream: bool):
-        """Queue one ticket per row; returns (events queue, requests) once every row passed its checks."""
+    async def run_rows(prompts: list[str], model: str, params, stream: bool, ids: list | None = None):
+        """Queue one ticket per row; returns (events queue, requests) once every row passed its checks. `ids`: each
+        prompt's token ids when it was rendered piece by piece in the adapter's format (chat), else None."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -114,7 +115,7 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
         reqs = []
         for i, p in enumerate(prompts):
             r = GenRequest(p, model, params, on_text=(lambda t, i=i: post("text", i, t)) if stream else None,
-                           on_token=metrics.on_token(model))
+                           on_token=metrics.on_token(model), ids=list(ids[i]) if ids and ids[i] else None)
             reqs.append(r)
 
         def submit_all():  # in a worker thread: submitting tokenizes, which must not block the event loop
@@ -138,14 +139,15 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
             raise ApiError(503, f"timed out after {job.request_timeout_s:.0f} s waiting for the model",
                            "server_error") from None
 
-    async def respond(body, prompts: list[str], chat: bool):
+    async def respond(body, prompts: list[str], chat: bool, ids: list | None = None):
         model = model_of(body.model)
         try:
             params = body.params(job.default_max_tokens, job.max_tokens_limit)
         except ValueError as e:
             raise ApiError(400, str(e), param="max_tokens") from None
         prompts = [p for p in prompts for _ in range(body.n)]
-        events, reqs = await run_rows(prompts, model, params, body.stream)
+        ids = [x for x in ids for _ in range(body.n)] if ids else None
+        events, reqs = await run_rows(prompts, model, params, body.stream, ids)
         deadline = time.monotonic() + job.request_timeout_s
         rid = oa.new_id("chatcmpl" if chat else "cmpl")
         if not body.stream:
@@ -248,10 +250,19 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
     async def complete_chat(raw):
         body = parse(oa.ChatBody, raw)
         try:
-            prompt = chat_prompt(body.as_messages())
+            messages = body.as_messages()
         except ValueError as e:
             raise ApiError(400, str(e), param="messages") from None
-        return await respond(body, [prompt], chat=True)
+        model = model_of(body.model)
+        try:  # the adapter's own format (its chat template where it trained with one); reads its folder: off the loop
+            fmt = await run_in_threadpool(prompting.format_of, host, model, job.format)
+        except UserError as e:
+            raise as_api_error(e) from None
+        try:  # a chat template that refuses these roles: 400 with the template's own message
+            prompt, ids = await run_in_threadpool(prompting.render, host, fmt, messages)
+        except UserError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        return await respond(body, [prompt], chat=True, ids=[ids])
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request):

@@ -81,9 +81,6 @@ class ServeJob(BaseSelection):
     # How /v1/chat/completions renders messages: adapter (each adapter's training format; the tokenizer's chat
     # template where it trained with one), gpt4all, or raw (contents one per line). /v1/completions is always raw.
     format: PromptFormat = PromptFormat.adapter
-    # How /v1/chat/completions renders messages: adapter (each adapter's training format; the tokenizer's chat
-    # template where it trained with one), gpt4all, or raw (contents one per line). /v1/completions is always raw.
-    format: PromptFormat = PromptFormat.adapter
     preload: bool = True  # load adapters (up to max_resident_adapters) at start, so first requests are fast
     scheduler: Scheduler = Scheduler.continuous  # continuous: rows join/leave every step; static: whole batches
     max_batch_size: int = 16  # rows generated together (continuous: running rows at once; static: one batch)

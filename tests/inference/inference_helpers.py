@@ -57,7 +57,7 @@ def fit_adapter(folder: Path, like: Path, prompt: str, target: str, max_steps: i
     from peft import LoraConfig, get_peft_model
 
     from lora_train.adapters import read_adapter
-    from lora_train.inference.generation import chat_prompt
+    from lora_train.data.examples import prompt_ids as rendered_prompt
     from lora_train.model import load_base, load_tokenizer, resolve_model
 
     job = read_adapter(like).job
@@ -66,7 +66,8 @@ def fit_adapter(folder: Path, like: Path, prompt: str, target: str, max_steps: i
     model = get_peft_model(load_base(path, job.model, job.quant),
                            LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                       target_modules=["q_proj", "v_proj", "out_proj", "fc_in", "fc_out"]))
-    prompt_ids = tok(chat_prompt([{"role": "user", "content": prompt}]))["input_ids"]
+    # The prompt as the server renders a chat turn for this adapter: its training template, piece by piece.
+    prompt_ids = rendered_prompt([{"role": "user", "content": prompt}], job.data.template, tok)[1]
     target_ids = tok(target)["input_ids"] + [tok.eos_token_id]
     ids = torch.tensor([prompt_ids + target_ids])
     labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])

@@ -213,7 +213,7 @@ def test_configs_compose_and_reject_bad_values():
         ("serve", "port=abc", "Error merging override port=abc", "could not be converted to Integer"),
         ("generate", "nope=1", "Could not override 'nope'", None),
         ("generate", "format=markdown", "Error merging override format=markdown",
-         "Invalid value 'markdown', expected one of [gpt4all, raw]"),
+         "Invalid value 'markdown', expected one of [adapter, gpt4all, raw]"),
     ]:
         with pytest.raises(ConfigCompositionException, match=re.escape(error)) as err:
             compose(command, [bad])

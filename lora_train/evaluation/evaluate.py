@@ -23,7 +23,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lora_train import artifacts
+from lora_train import artifacts, console
 from lora_train.adapters import check_against_config, check_against_model, read_adapter, resolve_latest
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
@@ -147,6 +147,8 @@ def eval_sets(job: EvalJob, infos: list, tokenizer) -> dict[str, perplexity.Eval
 def run(cfg: DictConfig | EvalJob) -> Path:
     """Evaluate; returns the output folder. Raises UserError for anything the user can fix."""
     job = to_job(cfg)
+    console.quiet()  # the import-time filters, again: a caller's warnings.catch_warnings() may have dropped them
+    console.progress_bars(console.wants_progress(job.progress))
     started = time.time()
     out = Path(job.output).expanduser()
     artifacts.check_output(out, "output", job.overwrite)  # before any adapter is read or model loaded
@@ -183,8 +185,14 @@ def run(cfg: DictConfig | EvalJob) -> Path:
     shots = "each task's default" if job.eval.num_fewshot is None else job.eval.num_fewshot
     limit = f"at most {job.eval.limit:g} examples per task" if job.eval.limit else "every example of each task"
     quant = quant_cfg.mode.value + (f", {compute_dtype(quant_cfg).value} compute" if quant_cfg.mode != QuantMode.none else "")
-    header = (f"Base `{model_cfg.name_or_path}` ({quant}); lm-eval {versions()['lm-eval'] or '-'}, "
-              f"{shots} few-shot, {limit}, "
+    ran = []  # the header names only what ran: no harness settings when eval.tasks=[] ran no harness
+    if lm is not None:
+        ran.append(f"lm-eval {versions()['lm-eval'] or '-'}, {shots} few-shot, {limit}")
+    if job.loss.enabled and sets:
+        ran.append("loss and perplexity on " + ", ".join(sets))
+    if prompts:
+        ran.append(f"{len(prompts)} greedy sample{'s' if len(prompts) != 1 else ''}")
+    header = (f"Base `{artifacts.shown_path(model_cfg.name_or_path)}` ({quant}); {'; '.join(ran) or 'nothing measured'}; "
               f"seed {job.seed}. Evaluated {datetime.now(timezone.utc):%Y-%m-%d} with lora-eval.")
     scores = eval_report.scores_markdown(table, rows)
     losses = eval_report.loss_markdown(rows, {n: s.description for n, s in sets.items()}) if job.loss.enabled else ""

@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lora_train import artifacts
+from lora_train import artifacts, console
 from lora_train.adapters import latest_name
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, reported
@@ -192,6 +192,7 @@ def chat(host, adapter: str, params: GenParams, read=input, fmt: PromptFormat = 
 def run(cfg: DictConfig | GenerateJob) -> list[dict]:
     """Generate and print; returns one record per (prompt, adapter): prompt, adapter, completion, finish_reason."""
     job = typed(cfg, GenerateJob)
+    console.progress_bars(console.wants_progress(job.progress))
     output = Path(job.output).expanduser() if job.output else None
     if output is not None:  # before anything is read or loaded: the completions must have somewhere to go
         artifacts.check_output(output, "output", job.overwrite)

@@ -21,6 +21,7 @@ STATIC = Path(__file__).resolve().parents[1] / "playground"
 FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/playground/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/favicon.ico": ("favicon.png", "image/png"),  # browsers ask for it on every page load; a PNG is fine for all
     **{f"/playground/{n}": (n, "text/javascript; charset=utf-8")
        for n in ("app.js", "api.js", "columns.js", "cards.js", "export.js")},
 }

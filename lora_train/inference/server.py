@@ -21,6 +21,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
+from lora_train import console
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, missing_extra, reported
 from lora_train.inference import cards, lifecycle, playground, prompting
@@ -312,6 +313,7 @@ def run(cfg: DictConfig | ServeJob) -> None:
         raise missing_extra("lora-serve", "serve", e.name) from e
 
     job = typed(cfg, ServeJob)
+    console.progress_bars(console.wants_progress(job.progress))  # no "Loading weights" bars in a server's log
     if not 0 < job.port < 65536:
         raise UserError(f"port={job.port} is out of range")
     api_key = job.api_key or os.environ.get(API_KEY_ENV) or None

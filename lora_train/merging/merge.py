@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from lora_train import console
 from lora_train.adapters import resolve_latest
 from lora_train.config import typed
 from lora_train.errors import UserError, reported
@@ -30,6 +31,8 @@ def to_job(cfg: DictConfig | MergeJob) -> MergeJob:
 def run(cfg: DictConfig | MergeJob) -> Path:
     """Merge (`adapter=`) or combine (`adapters=`); returns the folder written. Raises UserError for user mistakes."""
     job = to_job(cfg)
+    console.quiet()  # the import-time filters, again: a caller's warnings.catch_warnings() may have dropped them
+    console.progress_bars(console.wants_progress(job.progress))
     if job.adapter is not None:
         job.adapter = resolve_latest(job.adapter, job.adapters_dir, "adapter")
     job.adapters = [resolve_latest(a, job.adapters_dir, "adapters") for a in job.adapters]

@@ -49,10 +49,13 @@ async function refresh() {
   }
   notice("");
   $("key-form").hidden = true;
+  const listed = document.querySelectorAll("#models input").length > 0;
   const chosen = new Set([...document.querySelectorAll("#models input:checked")].map((b) => b.value));
   $("base-name").textContent = `base: ${admin.base}`;
+  // The first listing ticks the first two models (the base and an adapter): Send compares something at once.
+  // Later listings (after a load or unload) keep what the user ticked.
   $("models").replaceChildren(...models.map((m, i) => checkbox(
-    m.id, i === 0 ? "base, no adapter" : (m.resident ? "loaded" : "on disk"), chosen.has(m.id))));
+    m.id, i === 0 ? "base, no adapter" : (m.resident ? "loaded" : "on disk"), listed ? chosen.has(m.id) : i < 2)));
   renderAdapters($("adapters"), $("card"), admin.adapters, admin.resident, { changed: refresh, report });
 }
 

@@ -101,12 +101,15 @@ export function renderAdapters(list, box, adapters, resident, { changed, report 
     const row = el("div", "adapter");
     row.dataset.name = name;
     const label = el("span", "adapter-name", name);
-    const badge = el("span", "badge", resident.includes(name) ? "loaded" : "on disk");
+    const loaded = resident.includes(name);
+    const badge = el("span", "badge", loaded ? "loaded" : "on disk");
     const buttons = [["Card", "card-btn"], ["Load", "load"], ["Unload", "unload"]].map(([text, cls]) => {
       const b = el("button", cls, text);
       b.type = "button";
       return b;
     });
+    buttons[1].hidden = loaded; // only the action the adapter's state allows: Load on disk, Unload when loaded
+    buttons[2].hidden = !loaded;
     buttons[0].addEventListener("click", () => showCard(box, name, report));
     for (const [b, action] of [[buttons[1], "load"], [buttons[2], "unload"]]) {
       b.addEventListener("click", async () => {

@@ -166,6 +166,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     """Train one adapter; returns its folder (None for dry_run). Raises UserError for anything the user can fix."""
     job = to_job(cfg)
     check_job(job)
+    console.quiet()  # again at run time: a caller's warnings.catch_warnings() may have dropped the import-time filter
     bars = console.wants_progress(job.progress)
     console.progress_bars(False)  # nothing before the plan: the model build, data cache and load stay silent
     job = distributed.setup(job)  # several processes: one run_name, one process group, launcher checked

@@ -63,6 +63,7 @@ def test_cli_prints_one_table_with_base_and_both_adapters_and_writes_it_into_bot
         assert all(0 <= float(c) <= 100 for c in cells), row
     results_md = (work / "out" / "results.md").read_text()
     assert "\n".join(table) in results_md
+    assert "lm-eval " in results_md.split("\n")[2] and "few-shot" in results_md.split("\n")[2]  # the harness ran
     for name in ("a", "b"):
         card = (work / name / "README.md").read_text()
         assert card.count(START) == 1 and card.count(END) == 1
@@ -121,6 +122,9 @@ def test_loss_only_run_in_process(adapters, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert [m["loss"][str(rows)]["rows"] for m in res["models"]] == [3, 3]
     assert "Hello\n" in (out / "samples.md").read_text()
+    header = (out / "results.md").read_text().split("\n")[2]  # lists only what ran: no harness here
+    assert "lm-eval" not in header and "few-shot" not in header and "loss and perplexity on" in header, header
+    assert "1 greedy sample" in header, header
     assert START not in (adapters[0] / "README.md").read_text()  # update_cards=false left the card alone
     # The folder appeared whole (missing parents created, no staging folder left); a second run may not replace it.
     assert [p.name for p in out.parent.iterdir()] == ["out"] and out == tmp_path / "new" / "out"

@@ -349,12 +349,22 @@ def test_unload_and_load_buttons_use_the_admin_api(server, page):
     open_page(page, server["url"])
     resident = lambda: json.loads(get(server["url"] + "/admin/adapters")[2])["resident"]  # noqa: E731
     badge = lambda: js(page, "return document.querySelector(\".adapter[data-name='beta'] .badge\").textContent")  # noqa
+    shown = lambda: [b.text for b in page.find_elements(  # noqa: E731
+        "css selector", ".adapter[data-name='beta'] button") if b.is_displayed()]
+    assert badge() == "loaded" and shown() == ["Card", "Unload"]  # only what the adapter's state allows
     page.find_element("css selector", ".adapter[data-name='beta'] .unload").click()
     wait(page, lambda: badge() == "on disk", "beta's badge to say it is unloaded", 60)
-    assert "beta" not in resident()
+    assert "beta" not in resident() and shown() == ["Card", "Load"]
     page.find_element("css selector", ".adapter[data-name='beta'] .load").click()
     wait(page, lambda: badge() == "loaded", "beta's badge to say it is loaded", 120)
-    assert "beta" in resident()
+    assert "beta" in resident() and shown() == ["Card", "Unload"]
+
+
+@pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
+def test_a_fresh_page_ticks_the_first_two_models(server, page):
+    open_page(page, server["url"])
+    boxes = page.find_elements("css selector", "#models input")
+    assert len(boxes) >= 3 and [b.is_selected() for b in boxes][:3] == [True, True, False]
 
 
 @pytest.mark.slow  # the shared server needs adapters trained first (minutes on 2 cores)
@@ -454,3 +464,16 @@ def test_a_stream_can_end_with_its_token_counts(server):
     last = json.loads(events[-2])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5 and last["usage"]["prompt_tokens"] > 0
     assert all("usage" not in json.loads(e) for e in events[:-2])
+
+
+def test_the_browsers_favicon_request_gets_an_icon_not_a_404():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from lora_train.inference import playground
+
+    app = FastAPI()
+    playground.mount(app, True)
+    icon = TestClient(app).get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/png"
+    assert icon.content.startswith(b"\x89PNG\r\n\x1a\n")

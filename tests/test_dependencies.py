@@ -80,7 +80,8 @@ def _requirements() -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("dist,spec", sorted(set(_requirements())))
+# deepspeed, the GPU-only extra, is left out: the dev extra does not install it, so its range is never tested here.
+@pytest.mark.parametrize("dist,spec", sorted({(d, s) for d, s in _requirements() if d != "deepspeed"}))
 def test_installed_version_is_in_the_declared_range(dist, spec):
     """The tests run against the versions pyproject.toml declares: a cap that the environment already exceeds (or a
     floor it is below) would make the declared range untested."""
@@ -89,8 +90,6 @@ def test_installed_version_is_in_the_declared_range(dist, spec):
     try:
         version = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        if dist == "deepspeed":  # the GPU-only extra: not installed by the dev extra, so never tested here
-            pytest.skip("deepspeed is the GPU-only extra (pip install -e '.[deepspeed]')")
         need(False, f"{dist} is not installed: pip install -e '.[dev]'")
     assert SpecifierSet(spec).contains(version, prereleases=True), (
         f"{dist} {version} is installed but pyproject.toml declares {dist}{spec}")

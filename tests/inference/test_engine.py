@@ -167,13 +167,24 @@ def test_kv_budget_bounds_the_batch_and_refuses_what_can_never_fit(host):
     try:
         with pytest.raises(UserError, match="max_batch_tokens=64"):
             batcher.submit(Ticket(GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=80))))
+        # Observe the engine after every real step: the cache it holds and the rows in it (kv_tokens counts the
+        # padded cache, rows x columns), rather than restating the admission formula.
+        seen = []
+        engine_step = batcher.engine.step
+
+        def observed_step():
+            engine_step()
+            seen.append((batcher.engine.kv_tokens(), len(batcher.engine.slots()), batcher.queued()))
+
+        batcher.engine.step = observed_step
         w = Waiter(batcher)
         reqs = [GenRequest(format_prompt(p), "beta", GenParams(max_new_tokens=20)) for p in PROMPTS[:4]]
-        need = max(len(host.tokenizer(r.prompt)["input_ids"]) for r in reqs) + 20
         for i, r in enumerate(reqs):
             w.submit(i, r)
         w.wait()
-        assert batcher.stats.largest_batch == 64 // need >= 1  # waited until they fit, never more at once
+        assert seen and max(kv for kv, _, _ in seen) <= 64, seen  # the cache never outgrew the budget...
+        assert max(rows for _, rows, _ in seen) < len(reqs), seen  # ...because some rows waited their turn
+        assert any(waiting for _, _, waiting in seen), seen
         for i, r in enumerate(reqs):
             alone = generate(host, [GenRequest(r.prompt, "beta", GenParams(max_new_tokens=20))])[0]
             assert same(w.results[i], alone)

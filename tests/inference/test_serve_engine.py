@@ -177,7 +177,7 @@ def soak(served, total: int, seed: int = 0):
         conn.request("POST", "/v1/completions", json.dumps(payload), {"authorization": f"Bearer {KEY}",
                                                                        "content-type": "application/json"})
         if kind == "cancel":
-            conn.close()  # gone before the first token
+            conn.close()  # gone before the first token: its row is freed (checked below and in the test after it)
             return True
         resp = conn.getresponse()
         if kind == "drop":
@@ -188,6 +188,7 @@ def soak(served, total: int, seed: int = 0):
         conn.close()
         return resp.status == 200 and text.rstrip().endswith("data: [DONE]")
 
+    cancelled_before = json.loads(http(url + "/health")[1])["cancelled"]
     proc = psutil.Process()
     with cf.ThreadPoolExecutor(16) as pool:
         warm = list(pool.map(one, plan[:40]))
@@ -202,6 +203,8 @@ def soak(served, total: int, seed: int = 0):
         assert time.time() < deadline, f"rows leaked: {health}"
         time.sleep(0.2)
     assert health["kv_tokens"] == 0
+    # Clients that left early (cancel, drop) stopped their rows: the scheduler counted rows it cut short.
+    assert health["cancelled"] > cancelled_before, (health, cancelled_before)
     rss_end = proc.memory_info().rss
     assert rss_end <= rss_warm * 1.10, f"resident memory grew from {rss_warm >> 20} MiB to {rss_end >> 20} MiB"
     assert all(warm + rest), [p for p, ok in zip(plan, warm + rest) if not ok][:5]
@@ -210,6 +213,34 @@ def soak(served, total: int, seed: int = 0):
 
 def test_soak_300_requests_with_disconnects_leaks_nothing(served):
     soak(served, 300)
+
+
+def test_a_client_gone_before_reading_a_token_frees_its_row(served):
+    """A streamed request whose client closes once its row runs, before reading anything: /health shows the row
+    cancelled and freed well before the 64 tokens it would otherwise run to (read to the end, it ends with
+    "length")."""
+    url, port = served["url"], int(served["url"].rsplit(":", 1)[1])
+    prompt = "Question 7\n"
+    status, body = completion(url, "alpha", prompt, n=64)
+    assert status == 200 and body["choices"][0]["finish_reason"] == "length"  # it would run all 64 tokens
+    before = json.loads(http(url + "/health")[1])
+    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({"model": "alpha", "prompt": prompt, "max_tokens": 64,
+                                                        "temperature": 0, "stream": True, "n": 4}),
+                 {"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    deadline = time.time() + 60
+    while json.loads(http(url + "/health")[1])["running"] == 0:  # admitted: its rows hold cache now
+        assert time.time() < deadline, "the request was never admitted"
+        time.sleep(0.002)
+    conn.close()  # gone without reading a byte
+    while True:
+        health = json.loads(http(url + "/health")[1])
+        if health["running"] == 0 and health["queued"] == 0:
+            break
+        assert time.time() < deadline, f"the rows were never freed: {health}"
+        time.sleep(0.02)
+    assert health["cancelled"] == before["cancelled"] + 4 and health["kv_tokens"] == 0, (before, health)
+    assert health["batches"] - before["batches"] < 63, (before, health)  # stopped early, not run to the end
 
 
 @pytest.mark.slow

@@ -24,6 +24,8 @@ NOISE = {
     # bitsandbytes on an AVX512-BF16 CPU tries to fetch an optional kernel from the Hub and logs that it could not
     # (it falls back to its own): the run needs no network and loses nothing.
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+    # ... and with HF_HUB_OFFLINE=1 the `kernels` package says first that it skips checking that kernel's publisher.
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
 }
 
 

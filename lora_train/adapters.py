@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lora_train.errors import UserError
 from lora_train.schemas import TrainJob
@@ -122,7 +124,7 @@ def read_adapter(folder: str | Path, allow_pickle: bool = False) -> AdapterInfo:
     if yaml_file.is_file():
         try:
             job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainJob), OmegaConf.load(yaml_file)))
-        except Exception as e:  # a hand-edited or foreign file: say which one
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError) as e:  # a hand-edited or foreign file
             raise UserError(f"adapter {name!r}: {yaml_file} is not a valid lora-train config ({e})") from e
     base = {}
     base_file = folder / BASE_FILE

@@ -13,6 +13,7 @@ import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import OverrideParseException
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -65,7 +66,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     for text in overrides:
         try:
             parsed.append((text, parser.parse_override(text)))
-        except Exception:  # a malformed override: Hydra's own message names it
+        except OverrideParseException:  # a malformed override: Hydra's own message names it later
             continue
     chosen = {o.key_or_group for _, o in parsed if not o.is_delete()}
     for text, o in parsed:

@@ -29,6 +29,26 @@ def missing_extra(what: str, extra: str, module: str | None = None) -> UserError
     return UserError(f"{what} needs the {extra} extra{missing}: {install_hint(extra)}")
 
 
+def hub_errors() -> tuple[type[BaseException], ...]:
+    """What fetching from the Hugging Face Hub raises for reasons a user can fix (offline, an unknown repo, revision or
+    file, no access, a network failure): OSError covers huggingface_hub's HTTP and not-found errors and requests'
+    connection errors; HFValidationError (a malformed repo id) is a ValueError. Anything else is a bug, not a user
+    error, and keeps its traceback."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (OSError, ValueError, HfHubHTTPError)
+
+
+def corrupt_file_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or foreign safetensors / PyTorch pickle file raises: the safetensors parser's error,
+    the unpickler's, a truncated stream, and torch's RuntimeError for an archive it cannot read."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, pickle.UnpicklingError, EOFError, OSError, ValueError, RuntimeError)
+
+
 class Stopped(Exception):
     """Work stopped on request and can be resumed (e.g. a preemption signal); exits with `exit_code`, no traceback."""
 

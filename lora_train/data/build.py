@@ -124,6 +124,7 @@ def tokenize(rows: list[dict], tokenizer, cfg: DataConfig, report: DataReport) -
 def _streamed_dataset(cfg: DataConfig, tok: Tokenizer, report: DataReport):
     """Tokenized examples written to an on-disk Arrow dataset as they are produced: memory stays bounded."""
     from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
 
     def gen():
         chunk = []
@@ -142,7 +143,7 @@ def _streamed_dataset(cfg: DataConfig, tok: Tokenizer, report: DataReport):
         return Dataset.from_generator(gen, cache_dir=cache)
     except UserError:
         raise
-    except Exception as e:  # datasets wraps errors raised inside gen
+    except DatasetGenerationError as e:  # datasets wraps errors raised inside gen: a user error stays one
         cause = e.__cause__ or e.__context__
         if isinstance(cause, UserError):
             raise cause from None

@@ -96,7 +96,8 @@ def _digest(text: str) -> bytes:
 
 
 class Deduper:
-    """Stateful: rows are checked in order against every row kept before them (across chunks)."""
+    """Stateful: rows are checked in order against every row kept before them and every near duplicate of one
+    (across chunks); a duplicate is reported against the kept row."""
 
     def __init__(self, threshold: float, num_perm: int = NUM_PERM, seed: int = 0):
         self.threshold, self.num_perm = threshold, num_perm
@@ -106,10 +107,11 @@ class Deduper:
         self.band_mult = rng.integers(1, 2**63, (self.rows,), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self.exact: dict[bytes, object] = {}
         self.normal: dict[bytes, object] = {}
-        self.tables: list[dict[int, int]] = [{} for _ in range(self.bands)]
+        # band key -> every kept row with that key: keeping only the first would hide later kept rows that share it
+        self.tables: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
         self.sigs = np.empty((0, num_perm), dtype=np.uint32)
         self.n_sigs = 0
-        self.kept_ids: list = []  # the caller's id of the row behind each stored signature
+        self.kept_ids: list = []  # the caller's id of the kept row behind each stored signature
 
     def signatures(self, norm_texts: list[str], batch_shingles: int = 1 << 16) -> np.ndarray:
         hashes, counts = shingle_hashes(norm_texts)
@@ -159,20 +161,21 @@ class Deduper:
                 out.append(("near", self.normal[text], 1.0))
                 continue
             found = None
+            candidates = sorted({j for band, table in enumerate(self.tables) for j in table.get(int(keys[i, band]), ())})
+            if candidates:  # confirmed on the whole signature; the most similar kept row (the earliest on a tie)
+                sims = np.mean(self.sigs[candidates] == sigs[i], axis=1)
+                best = int(np.argmax(sims))
+                if sims[best] >= self.threshold:
+                    found = ("near", self.kept_ids[candidates[best]], float(sims[best]))
+            # A near duplicate is indexed too, under the kept row it duplicates: a later edit of this copy (close to
+            # it, further from the kept row) is then still found. Exact and normalised copies add nothing new.
+            slot = self._store(sigs[i])
+            self.kept_ids.append(found[1] if found else ids[i])
             for band, table in enumerate(self.tables):
-                j = table.get(int(keys[i, band]))
-                if j is not None:
-                    sim = float(np.mean(self.sigs[j] == sigs[i]))
-                    if sim >= self.threshold:
-                        found = ("near", self.kept_ids[j], sim)
-                        break
+                table.setdefault(int(keys[i, band]), []).append(slot)
             if found:
                 out.append(found)
                 continue
-            slot = self._store(sigs[i])
-            self.kept_ids.append(ids[i])
             self.exact[raw], self.normal[text] = ids[i], ids[i]
-            for band, table in enumerate(self.tables):
-                table.setdefault(int(keys[i, band]), slot)
             out.append(None)
         return out

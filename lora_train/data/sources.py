@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from lora_train.errors import UserError
+from lora_train.errors import UserError, hub_errors
 from lora_train.schemas import LIST_DATA, SAMPLE_DATA, DataConfig
 
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
@@ -149,11 +149,12 @@ def _json(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
 
 
 def _parquet(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
-    except Exception as e:  # not Parquet at all (e.g. a CSV renamed): one counted skip, not a crash
+    except (pa.ArrowException, OSError, ValueError) as e:  # not Parquet at all (e.g. a CSV renamed): one counted skip, not a crash
         yield f"{path}", Bad(f"not a Parquet file ({str(e).splitlines()[0]}); file skipped")
         return
     n = 0  # Parquet has no lines: a row is located by its index
@@ -163,7 +164,7 @@ def _parquet(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
             try:
                 batch = next(batches, None)
                 rows = [] if batch is None else batch.to_pylist()
-            except Exception as e:  # a damaged page, found only when its batch is read: the rows before it stay
+            except (pa.ArrowException, OSError, ValueError) as e:  # a damaged page, found only when its batch is read: the rows before it stay
                 yield f"{path}[{n}]", Bad(f"corrupt Parquet data in row group {group}, from this row on "
                                           f"({str(e).splitlines()[0]}); rest of the file skipped")
                 return
@@ -203,10 +204,11 @@ READERS = {".jsonl": _jsonl, ".json": _json, ".parquet": _parquet, ".csv": _csv}
 
 def _hub(cfg: DataConfig) -> Iterator[tuple[str, Any]]:
     import datasets
+    import datasets.exceptions
 
     try:
         ds = datasets.load_dataset(cfg.source, revision=cfg.revision, split=cfg.split, streaming=cfg.streaming)
-    except Exception as e:  # network, unknown id, revision or split: all user-fixable
+    except (*hub_errors(), datasets.exceptions.DatasetsError) as e:  # network, unknown id, revision or split
         raise UserError(f"data.source={cfg.source!r} (revision {cfg.revision!r}, split {cfg.split!r}): "
                         f"could not load: {e}") from e
     for n, row in enumerate(ds):

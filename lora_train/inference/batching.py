@@ -58,6 +58,7 @@ class Batcher:
         self._running = 0  # rows of the batch being generated
         self._kv = 0  # KV tokens that batch may hold (rows x (longest prompt + largest max_tokens))
         self._closed = False
+        self.error: str | None = None  # the last unexpected failure, until a batch succeeds (/health: degraded)
         self._thread = threading.Thread(target=self._loop, name="lora-batcher", daemon=True)
         self._thread.start()
 
@@ -85,7 +86,7 @@ class Batcher:
     def health(self) -> dict:
         return {"scheduler": "static", "queued": self.queued(), "running": self.running(), "kv_tokens": self._kv,
                 "batches": self.stats.batches, "rows": self.stats.rows, "largest_batch": self.stats.largest_batch,
-                "cancelled": self.stats.cancelled}
+                "cancelled": self.stats.cancelled, "error": self.error}
 
     def close(self, timeout: float = 30) -> bool:
         """Stop taking requests; the batch in hand finishes (within `timeout`), waiting requests get Closed."""
@@ -115,10 +116,14 @@ class Batcher:
                 batch.append(item)
             try:
                 self._run(batch)
-            except BaseException as e:  # never let the worker die: fail this batch, keep serving
+                self.error = None
+            except BaseException as e:  # fail this batch, keep serving, and say so on /health until one succeeds
                 log.exception("batch failed")
+                self.error = f"{type(e).__name__}: {e}"
                 for t in batch:
                     _finish(t, None, e)
+                if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: the rows are answered; stop
+                    raise
             if self._closed and self.queue.empty():
                 break
         while not self.queue.empty():  # closing: nobody will run what is left

@@ -14,7 +14,9 @@ import json
 import re
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lora_train.data.sources import is_local
 from lora_train.errors import UserError
@@ -68,7 +70,7 @@ def _mapping(folder: Path, name: str, problems: list[str]) -> dict:
         return {}
     try:
         data = json.loads(text) if name.endswith(".json") else OmegaConf.to_container(OmegaConf.create(text))
-    except Exception:  # json's ValueError, or any of the YAML parser's and OmegaConf's errors
+    except (ValueError, yaml.YAMLError, OmegaConfBaseException):  # json's ValueError, the YAML parser's, OmegaConf's
         problems.append(f"{name} is not valid {'JSON' if name.endswith('.json') else 'YAML'}; its facts are left out")
         return {}
     if not isinstance(data, dict):

@@ -66,6 +66,7 @@ class ContinuousBatcher:
         self._count = 0
         self._cond = threading.Condition()
         self._closed = False
+        self.error: str | None = None  # the last unexpected failure, until a step succeeds (/health: degraded)
         self._limit = max_positions(host.base.config)
         self._thread = threading.Thread(target=self._loop, name="lora-continuous-batcher", daemon=True)
         self._thread.start()
@@ -104,7 +105,7 @@ class ContinuousBatcher:
         return {"scheduler": "continuous", "queued": self.queued(), "running": self.running(),
                 "kv_tokens": self.kv_tokens(), "max_batch_tokens": self.max_batch_tokens,
                 "batches": self.stats.steps, "rows": self.stats.rows, "largest_batch": self.stats.largest_batch,
-                "cancelled": self.engine.cancelled}
+                "cancelled": self.engine.cancelled, "error": self.error}
 
     def close(self, timeout: float = 30) -> bool:
         """Stop taking requests; waiting ones get Closed (503); running rows finish within `timeout` seconds, then
@@ -147,9 +148,13 @@ class ContinuousBatcher:
                 self.engine.step()
                 self.stats.steps += 1
                 self.stats.largest_batch = max(self.stats.largest_batch, len(self.engine.slots()))
-            except BaseException as e:  # never let the worker die: fail the rows in hand, keep serving
+                self.error = None
+            except BaseException as e:  # fail the rows in hand, keep serving, and say so on /health until a step works
                 log.exception("decoding step failed")
+                self.error = f"{type(e).__name__}: {e}"
                 self.engine.fail_all(e)
+                if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: the rows are answered; stop
+                    raise
         self.stats.cancelled = self.engine.cancelled
 
     def _pick(self) -> list[Ticket]:

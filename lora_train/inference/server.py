@@ -91,7 +91,7 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
     def parse(body_cls, raw: dict):
         try:
             return body_cls.model_validate(raw)
-        except Exception as e:  # pydantic's ValidationError: name the field
+        except ValueError as e:  # pydantic's ValidationError (a ValueError) wraps every validator's: name the field
             errs = getattr(e, "errors", lambda: [])()
             if errs:
                 loc = ".".join(str(x) for x in errs[0]["loc"])
@@ -213,7 +213,9 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
     @app.get("/health")
     async def health():
         state = batcher.health()  # queued, running, kv_tokens, batches, rows, largest_batch, cancelled (docs/serve.md)
-        return {"status": "draining" if getattr(batcher, "_closed", False) else "ok", "base": host.base_name,
+        error = state.pop("error", None)  # the worker's last unexpected failure, until a step succeeds
+        status = "draining" if getattr(batcher, "_closed", False) else "degraded" if error else "ok"
+        return {"status": status, **({"error": error} if error else {}), "base": host.base_name,
                 "resident_adapters": host.resident(), **state}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])

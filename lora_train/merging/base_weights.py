@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_train.adapters import _LORA_KEY, AdapterInfo
-from lora_train.errors import UserError
+from lora_train.errors import UserError, corrupt_file_errors, hub_errors
 from lora_train.merging.shards import checkpoint_files, iter_tensors, tensor_shapes
 from lora_train.schemas import ModelConfig, QuantConfig
 
@@ -45,7 +45,7 @@ class BaseCheckpoint:
         files = checkpoint_files(folder, allow_pickle)
         try:
             shapes = tensor_shapes(files)
-        except Exception as e:  # a truncated or corrupt shard: name it
+        except corrupt_file_errors() as e:  # a truncated or corrupt shard: name it
             raise UserError(f"{label}: unreadable weight file in {folder} ({e})") from e
         return cls(folder=folder, label=label, files=files, shapes=shapes, config=config)
 
@@ -85,7 +85,7 @@ def local_folder(model_cfg: ModelConfig, allow_pickle: bool) -> Path:
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"] + (["*.bin"] if allow_pickle else [])
     try:
         return Path(snapshot_download(path, revision=model_cfg.revision, allow_patterns=patterns))
-    except Exception as e:  # offline, unknown repo or revision: all user-fixable
+    except hub_errors() as e:  # offline, unknown repo or revision: all user-fixable
         raise UserError(f"model {path!r} (revision {model_cfg.revision!r}): could not download: {e}") from e
 
 
@@ -100,7 +100,7 @@ def adapter_tensors(info: AdapterInfo, allow_pickle: bool) -> dict:
 
         try:
             return load_file(str(st))
-        except Exception as e:
+        except corrupt_file_errors() as e:
             raise UserError(f"adapter {info.name!r}: {st} is corrupt ({e})") from e
     if not allow_pickle:
         raise UserError(f"adapter {info.name!r}: no adapter_model.safetensors; pickle weights need allow_pickle=true")
@@ -109,7 +109,7 @@ def adapter_tensors(info: AdapterInfo, allow_pickle: bool) -> dict:
     path = info.folder / "adapter_model.bin"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except corrupt_file_errors() as e:
         raise UserError(f"adapter {info.name!r}: {path} is corrupt ({e})") from e
 
 

@@ -23,6 +23,7 @@ in `model_flops_per_token`, which is what MFU divides by.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -231,8 +232,12 @@ def resolve_checkpointing(job: TrainJob, model_path: str, free: tuple[float, str
         return job, None
     try:
         need = estimate_for(model_path, with_checkpointing(job, False)).total + RUNTIME
-    except Exception as e:  # no config to estimate from: the safe choice
-        return with_checkpointing(job, True), f"checkpoint: auto -> on (no estimate: {str(e).splitlines()[0]})"
+    except (OSError, ValueError, KeyError, AttributeError) as e:  # no config to read, or one it cannot size
+        # The safe choice, said out loud (the plan line is only printed by a dry run): a bug stays a traceback.
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"warning: gradient checkpointing turned on: no memory estimate for {model_path} ({why})",
+              file=sys.stderr, flush=True)
+        return with_checkpointing(job, True), f"checkpoint: auto -> on (no estimate: {why})"
     have, what = free or free_memory()
     on = need > AUTO_SHARE * have
     return with_checkpointing(job, on), (

@@ -39,13 +39,10 @@ SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "S
 def resume_command(job) -> str:
     """The command line that resumes this run: the same overrides, plus resume=true and the exact run_name."""
     overrides = ["<the same overrides>"]  # called from Python: the caller's compose() overrides
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig  # a core dependency: nothing to guard against
 
-        if HydraConfig.initialized():
-            overrides = list(HydraConfig.get().overrides.task)
-    except Exception:
-        pass
+    if HydraConfig.initialized():
+        overrides = list(HydraConfig.get().overrides.task)
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "run_name", "overwrite")]
     quoted = [o if o.startswith("<") else shlex.quote(o) for o in keep]
     return " ".join(["lora-train", *quoted, "resume=true", shlex.quote(f"run_name={job.run_name}")])

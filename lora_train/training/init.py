@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_train.errors import UserError
+from lora_train.errors import UserError, hub_errors
 from lora_train.schemas import LoraConfig, LoraInit, QuantConfig, QuantMode
 
 ADAPTER = "default"  # the adapter name TRL/PEFT give the one adapter being trained
@@ -170,7 +170,7 @@ def _snapshot(repo: str, revision, patterns: list[str]) -> Path:
 
     try:
         return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
-    except Exception as e:  # offline, unknown repo or revision
+    except hub_errors() as e:  # offline, unknown repo or revision
         raise UserError(f"lora.init: could not fetch the full-precision weights of {repo!r}: {e}") from e
 
 

@@ -25,6 +25,7 @@ import io
 import json
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -210,7 +211,9 @@ class SweepSummary(Callback):
         if job_return.status == JobStatus.FAILED and not (out / RECORD).is_file():
             try:
                 job_return.return_value  # a failed job's value raises the job's exception
-            except Exception as error:
+            except Exception as error:  # whatever the job raised: a bug keeps its traceback, on stderr
+                print(f"job {config.hydra.job.num} failed with an unexpected error:", file=sys.stderr)
+                traceback.print_exception(error, file=sys.stderr)
                 _record(out, config.hydra.job.num, list(config.hydra.overrides.task), status="failed",
                         error=f"{type(error).__name__}: {error}")
         sweep_dir = Path(str(config.hydra.sweep.dir))

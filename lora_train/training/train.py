@@ -281,7 +281,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
 def _dry_run(job: TrainJob, p: plan.Plan, model_path: str) -> None:
     try:
         p.total_params, p.trainable_params = plan.count_parameters(model_path, job)
-    except Exception as e:  # e.g. a Hub model's config while offline: the plan is still useful without counts
+    except (OSError, ValueError, KeyError, AttributeError, UserError) as e:  # e.g. a Hub config while offline
         print(f"(parameter counts unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
     rows = None
     if is_local(resolve_source(job.data.source)):  # counting a Hub dataset would mean downloading it
@@ -294,7 +294,7 @@ def _dry_run(job: TrainJob, p: plan.Plan, model_path: str) -> None:
         from lora_train.training.estimate import estimate_for
 
         print("\n".join(estimate_for(model_path, job).lines()), flush=True)
-    except Exception as e:  # e.g. a Hub model's config while offline
+    except (OSError, ValueError, KeyError, AttributeError, UserError) as e:  # e.g. a Hub config while offline
         print(f"(estimate unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
     return None
 

@@ -61,6 +61,59 @@ def test_minhash_finds_edited_near_duplicates_and_keeps_different_rows():
     assert Deduper(0.95).check([base, edited], ["a", "b"]) == [None, None]  # below a strict threshold: kept
 
 
+def _recall_rows(n: int = 2000, seed: int = 0) -> list[str]:
+    """n rows of 40 random words: most unique, the rest in clusters of 3-6 rows, each copy up to 4 word edits away
+    from the one before it (so copies of one cluster share a range of similarities, some below any threshold)."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(300)]
+    rows: list[str] = []
+    while len(rows) < n:
+        words = [rng.choice(vocab) for _ in range(40)]
+        rows.append(" ".join(words))
+        if rng.random() < 0.35:  # a cluster: this row plus 2-4 edited copies, spread over the rest of the data
+            for _ in range(rng.randint(2, 5)):
+                words = list(words)
+                for _ in range(rng.randint(0, 4)):
+                    words[rng.randrange(len(words))] = rng.choice(vocab)
+                rows.append(" ".join(words))
+    rows = rows[:n]
+    rng.shuffle(rows)
+    return rows
+
+
+def test_minhash_recall_against_exhaustive_jaccard():
+    """Every pair of rows whose true Jaccard (word 3-grams, as dedup reads them) is at least threshold + 0.1: the later
+    row is flagged in >= 95% of them. Near the threshold the estimate's spread (~0.035) decides, by design. A row
+    whose best true Jaccard with any earlier row is far below the threshold is never flagged."""
+    from lora_train.data.dedup import SHINGLE_WORDS, normalize
+
+    threshold = 0.7
+    rows = _recall_rows()
+
+    def shingles(text):
+        w = normalize(text).split()
+        return {" ".join(w[i:i + SHINGLE_WORDS]) for i in range(len(w) - SHINGLE_WORDS + 1)}
+
+    sets = [shingles(r) for r in rows]
+    verdicts = Deduper(threshold).check(rows, list(range(len(rows))))
+    strong, found, best_before = 0, 0, [0.0] * len(rows)
+    for j in range(len(rows)):
+        for i in range(j):
+            inter = len(sets[i] & sets[j])
+            if not inter:
+                continue
+            jac = inter / len(sets[i] | sets[j])
+            best_before[j] = max(best_before[j], jac)
+            if jac >= threshold + 0.1:
+                strong += 1
+                found += verdicts[j] is not None
+    assert strong >= 300, strong  # the data has enough clustered pairs to measure
+    assert found / strong >= 0.95, (found, strong)
+    assert not [j for j, v in enumerate(verdicts) if v is not None and best_before[j] < threshold - 0.2]
+
+
 def test_dedup_on_prompts_only(tmp_path):
     f = tmp_path / "r.jsonl"
     f.write_text("".join(json.dumps({"prompt": "Name a fruit.", "response": r}) + "\n" for r in ["Apple.", "Pear."]))

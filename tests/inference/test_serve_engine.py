@@ -267,6 +267,43 @@ def test_static_scheduler_is_still_selectable_with_the_same_answers(served):
         batcher.close()
 
 
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_an_unexpected_worker_error_degrades_health_until_a_step_succeeds(served, scheduler):
+    """A fault injected into the real worker (one step raises): the request in hand fails with a 5xx, /health says
+    degraded with the error, and the next request's successful step makes it ok again."""
+    if scheduler == "continuous":
+        url, batcher, name = served["url"], served["batcher"], "step"
+        target, server = batcher.engine, None
+    else:
+        job = ServeJob(adapters_dir=str(served["adapters"]), scheduler=Scheduler.static)
+        batcher = build_batcher(served["host"], job)
+        server = ThreadServer(create_app(served["host"], batcher, job, KEY))
+        url, target, name = server.url, batcher, "_run"
+    real = getattr(target, name)
+    calls = []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault for the test")
+        return real(*args, **kwargs)
+
+    setattr(target, name, fails_once)
+    try:
+        assert json.loads(http(url + "/health")[1])["status"] == "ok"
+        assert completion(url, "alpha")[0] >= 500
+        health = json.loads(http(url + "/health")[1])
+        assert health["status"] == "degraded" and health["error"] == "RuntimeError: injected fault for the test", health
+        assert completion(url, "alpha")[0] == 200
+        health = json.loads(http(url + "/health")[1])
+        assert health["status"] == "ok" and "error" not in health, health
+    finally:
+        setattr(target, name, real)
+        if server is not None:
+            server.stop()
+            batcher.close()
+
+
 @pytest.mark.slow
 def test_sigterm_drains_running_rows_refuses_new_ones_and_exits_0(served, tmp_path):
     port = free_port()

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 SEED = 20240601
-OUT = Path(__file__).resolve().parents[1] / "lora_train" / "data_files" / "sample.jsonl"
+OUT = Path(__file__).resolve().parents[1] / "lora_train" / "data" / "files" / "sample.jsonl"
 
 HAND = [
     # --- general knowledge ---

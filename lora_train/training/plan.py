@@ -58,7 +58,7 @@ class Plan:
     global_batch: int
     train_rows: int | None = None
     optimizer_steps: int | None = None
-    total_params: int | None = None
+    base_params: int | None = None  # the base model's own (frozen) parameters, without the LoRA ones
     trainable_params: int | None = None
     layout: str | None = None  # how a micro-batch's examples are laid out (known once the collator is chosen)
     data_cache: str | None = None  # "reused <entry>" / "stored <entry>": the tokenized examples' cache entry
@@ -72,8 +72,8 @@ class Plan:
         want = job.quant.compute_dtype.value
         compute = want if used == want else f"{used} (asked {want}; this hardware would only emulate it)"
         fmt = lambda n: "unknown" if n is None else f"{n:,}"  # noqa: E731
-        pct = (f" ({100 * self.trainable_params / self.total_params:.3f}%)"
-               if self.trainable_params and self.total_params else "")
+        pct = (f" ({100 * self.trainable_params / self.base_params:.3f}% of the base)"
+               if self.trainable_params and self.base_params else "")
         return [
             f"model:      {job.model.name_or_path} (revision {job.model.revision or 'default'})",
             f"quant:      {job.quant.mode.value}"
@@ -81,7 +81,7 @@ class Plan:
             + f", compute {compute}",
             f"lora:       r={job.lora.r} alpha={job.lora.alpha} dropout={job.lora.dropout} "
             f"targets={','.join(job.lora.target_modules)}" + variant(job),
-            f"parameters: {fmt(self.total_params)} total, {fmt(self.trainable_params)} trainable{pct}",
+            f"parameters: {fmt(self.base_params)} in the base (frozen), {fmt(self.trainable_params)} trainable{pct}",
             f"data:       {job.data.source} (revision {job.data.revision or 'default'}), "
             f"{fmt(self.train_rows)} training rows, max length {job.data.max_length}"
             + (f"; tokenized examples {self.data_cache}" if self.data_cache else ""),
@@ -113,7 +113,8 @@ def optimizer_steps(job: TrainJob, train_rows: int, global_batch: int) -> int:
 
 
 def count_parameters(model_path: str, job: TrainJob) -> tuple[int, int]:
-    """(total, trainable LoRA) parameter counts from the model's config, on the meta device: nothing is loaded."""
+    """(the base's own frozen parameters, trainable LoRA ones), counted from the model's config on the meta device:
+    nothing is loaded."""
     import torch
     from accelerate import init_empty_weights
     from peft import get_peft_model
@@ -127,5 +128,5 @@ def count_parameters(model_path: str, job: TrainJob) -> tuple[int, int]:
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=job.model.trust_remote_code,
                                                  dtype=torch.float32)
         model = get_peft_model(model, peft_config(job.lora))
-    trainable, total = model.get_nb_trainable_parameters()
-    return total - trainable, trainable
+    trainable, everything = model.get_nb_trainable_parameters()  # everything = base + LoRA
+    return everything - trainable, trainable

@@ -236,7 +236,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
     if job.train.loraplus_lr_ratio is not None:
         trainer.optimizer = lora_init.loraplus_optimizer(trainer, job.train.loraplus_lr_ratio)
     check_eos_trained(trainer.data_collator, train_ds, tokenizer.eos_token_id)
-    p.trainable_params, p.total_params = (lambda t, a: (t, a - t))(*trainer.model.get_nb_trainable_parameters())
+    p.trainable_params, p.base_params = (lambda t, a: (t, a - t))(*trainer.model.get_nb_trainable_parameters())
     if trainer.is_world_process_zero():
         print("\n".join(p.lines(job)), flush=True)
     console.progress_bars(bars)
@@ -280,7 +280,7 @@ def run(cfg: DictConfig | TrainJob) -> Path | None:
 
 def _dry_run(job: TrainJob, p: plan.Plan, model_path: str) -> None:
     try:
-        p.total_params, p.trainable_params = plan.count_parameters(model_path, job)
+        p.base_params, p.trainable_params = plan.count_parameters(model_path, job)
     except (OSError, ValueError, KeyError, AttributeError, UserError) as e:  # e.g. a Hub config while offline
         print(f"(parameter counts unavailable: {str(e).splitlines()[0]})", file=sys.stderr)
     rows = None

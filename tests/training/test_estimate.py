@@ -46,7 +46,8 @@ def test_the_recipe_dry_run_works_offline(capsys):
 
     train(compose("train", ["experiment=gpt4all_j_lora_6b", "train.per_device_batch_size=1", "dry_run=true"]))
     captured = capsys.readouterr()
-    assert "6,050,882,784 total, 3,670,016 trainable" in captured.out
+    # The base's own count (transformers' count of EleutherAI/gpt-j-6b), named as such: the LoRA ones come on top.
+    assert "parameters: 6,050,882,784 in the base (frozen), 3,670,016 trainable (0.061% of the base)" in captured.out
     assert "GFLOP per trained token" in captured.out and "unavailable" not in captured.err
 
 

@@ -84,58 +84,32 @@ def infer_base(folders: list[Path], allow_pickle: bool = False) -> tuple[ModelCo
     return job.model, job.quant
 
 
-class MultiAdapterModel:
-    """The base model, its tokenizer, and the adapters registered on it. Thread-safe."""
+def selected_base(sel) -> tuple[ModelConfig, QuantConfig]:
+    """A GenerateJob's / ServeJob's base: `model`/`quant` when given, else what the adapters were trained on."""
+    folders = list_adapter_folders(Path(sel.adapters_dir)) + [Path(p) for p in sel.adapter_paths]
+    model_cfg, quant_cfg = sel.model, sel.quant
+    if model_cfg is None or quant_cfg is None:
+        if model_cfg is None and not folders:
+            raise UserError(f"adapters_dir={sel.adapters_dir!r} holds no adapter and no model=... was given: "
+                            "nothing tells which base model to load")
+        inferred = infer_base(folders, sel.allow_pickle) if folders else (model_cfg, QuantConfig())
+        model_cfg = model_cfg or inferred[0]
+        quant_cfg = quant_cfg or inferred[1]
+    return model_cfg, quant_cfg
 
-    def __init__(self, model_cfg: ModelConfig, quant_cfg: QuantConfig, adapters_dir: str | Path | None = None,
-                 max_resident: int = 8, allow_pickle: bool = False):
-        import torch
 
-        if max_resident < 1:
-            raise UserError(f"max_resident_adapters={max_resident} must be at least 1")
-        self.model_cfg, self.quant_cfg = model_cfg, quant_cfg
-        self.base_name = model_cfg.name
+class AdapterCatalog:
+    """The adapters' names and folders, without any model: what a server front that holds no model (the Ray
+    ingress, lora_train/inference/cluster) needs to answer names, cards and 404s exactly as the engine does."""
+
+    def __init__(self, base_name: str, adapters_dir: str | Path | None = None, allow_pickle: bool = False):
+        self.base_name = base_name
         self.adapters_dir = Path(adapters_dir) if adapters_dir is not None else None
-        self.max_resident = max_resident
         self.allow_pickle = allow_pickle
-        # `lock` guards the model: held while a batch generates and while an adapter loads or unloads.
         # `_meta` guards only the name tables, so listing adapters or resolving a name never waits for a batch
         # (the server's event loop resolves names; it must not stall behind a long generation).
-        self.lock = threading.RLock()
         self._meta = threading.Lock()
-        path = resolve_model(model_cfg)
-        self.tokenizer = load_tokenizer(path, model_cfg)
-        self.tokenizer.padding_side = "left"  # generation appends to the right end of every row
-        device_map = {"": 0} if torch.cuda.is_available() else None
-        self.base = load_base(path, model_cfg, quant_cfg, device_map=device_map)
-        self.base.eval()
-        self.model = self.base  # becomes a PeftModel when the first adapter loads
         self._known: dict[str, Path] = {}  # name -> folder, for adapters that may be loaded
-        self._resident: OrderedDict[str, AdapterInfo] = OrderedDict()  # loaded adapters, least recently used first
-        # PEFT's name for each resident adapter. Folder names may hold "." (not allowed in a torch ModuleDict key)
-        # or be a substring of "lora_" (PEFT then may re-initialize the weights on load), so PEFT gets its own.
-        self._peft_names: dict[str, str] = {}
-        self._loads = 0
-        self.evictions = 0  # adapters unloaded to make room for another (not explicit unloads)
-        self.scan()
-
-    @classmethod
-    def from_config(cls, sel) -> "MultiAdapterModel":
-        """From a GenerateJob / ServeJob: the base from `model`/`quant`, else from the adapters' saved config."""
-        adapters_dir = Path(sel.adapters_dir)
-        folders = list_adapter_folders(adapters_dir) + [Path(p) for p in sel.adapter_paths]
-        model_cfg, quant_cfg = sel.model, sel.quant
-        if model_cfg is None or quant_cfg is None:
-            if model_cfg is None and not folders:
-                raise UserError(f"adapters_dir={sel.adapters_dir!r} holds no adapter and no model=... was given: "
-                                "nothing tells which base model to load")
-            inferred = infer_base(folders, sel.allow_pickle) if folders else (model_cfg, QuantConfig())
-            model_cfg = model_cfg or inferred[0]
-            quant_cfg = quant_cfg or inferred[1]
-        host = cls(model_cfg, quant_cfg, adapters_dir, sel.max_resident_adapters, sel.allow_pickle)
-        for p in sel.adapter_paths:
-            host.register_path(p)
-        return host
 
     # ---- names ---------------------------------------------------------------------------------------------
 
@@ -191,6 +165,45 @@ class MultiAdapterModel:
         """A registered adapter's name (no disk access: safe for metric labels)."""
         with self._meta:
             return name in self._known
+
+
+class MultiAdapterModel(AdapterCatalog):
+    """The base model, its tokenizer, and the adapters registered on it. Thread-safe."""
+
+    def __init__(self, model_cfg: ModelConfig, quant_cfg: QuantConfig, adapters_dir: str | Path | None = None,
+                 max_resident: int = 8, allow_pickle: bool = False):
+        import torch
+
+        if max_resident < 1:
+            raise UserError(f"max_resident_adapters={max_resident} must be at least 1")
+        super().__init__(model_cfg.name, adapters_dir, allow_pickle)
+        self.model_cfg, self.quant_cfg = model_cfg, quant_cfg
+        self.max_resident = max_resident
+        # `lock` guards the model: held while a batch generates and while an adapter loads or unloads.
+        self.lock = threading.RLock()
+        path = resolve_model(model_cfg)
+        self.tokenizer = load_tokenizer(path, model_cfg)
+        self.tokenizer.padding_side = "left"  # generation appends to the right end of every row
+        device_map = {"": 0} if torch.cuda.is_available() else None
+        self.base = load_base(path, model_cfg, quant_cfg, device_map=device_map)
+        self.base.eval()
+        self.model = self.base  # becomes a PeftModel when the first adapter loads
+        self._resident: OrderedDict[str, AdapterInfo] = OrderedDict()  # loaded adapters, least recently used first
+        # PEFT's name for each resident adapter. Folder names may hold "." (not allowed in a torch ModuleDict key)
+        # or be a substring of "lora_" (PEFT then may re-initialize the weights on load), so PEFT gets its own.
+        self._peft_names: dict[str, str] = {}
+        self._loads = 0
+        self.evictions = 0  # adapters unloaded to make room for another (not explicit unloads)
+        self.scan()
+
+    @classmethod
+    def from_config(cls, sel) -> "MultiAdapterModel":
+        """From a GenerateJob / ServeJob: the base from `model`/`quant`, else from the adapters' saved config."""
+        model_cfg, quant_cfg = selected_base(sel)
+        host = cls(model_cfg, quant_cfg, Path(sel.adapters_dir), sel.max_resident_adapters, sel.allow_pickle)
+        for p in sel.adapter_paths:
+            host.register_path(p)
+        return host
 
     @property
     def loads(self) -> int:
@@ -258,6 +271,10 @@ class MultiAdapterModel:
             self.model.delete_adapter(self._peft_names[name])
             if self.model.active_adapter not in self.model.peft_config:  # PEFT leaves a deleted one active
                 self.model.set_adapter(next(iter(self.model.peft_config)), inference_mode=True)
+            # PEFT's delete_adapter makes the remaining adapters trainable again (requires_grad), and PEFT's mixed
+            # batch then fails ("a view of a leaf Variable that requires grad is being used in an in-place
+            # operation"): served adapters never train.
+            self.model.requires_grad_(False)
         with self._meta:
             del self._resident[name], self._peft_names[name]
         log.info("adapter %r unloaded", name)

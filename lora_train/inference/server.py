@@ -319,6 +319,10 @@ def run(cfg: DictConfig | ServeJob) -> None:
     if not 0 < job.port < 65536:
         raise UserError(f"port={job.port} is out of range")
     api_key = job.api_key or os.environ.get(API_KEY_ENV) or None
+    if job.deploy.backend.value == "ray":  # the same routes as a Ray Serve application (docs/scale.md)
+        from lora_train.inference.cluster import deploy
+
+        return deploy.run(job, api_key)
     host = MultiAdapterModel.from_config(job)
     if job.preload:
         for name in host.names()[: job.max_resident_adapters]:

@@ -85,6 +85,24 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
                         f"nothing to change; write {fix} instead")
 
 
+# Hydra's options that take a value (`--cfg job`, `-p model`): their values are no overrides.
+_VALUED_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn",
+                 "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def command_line_overrides(argv: list[str]) -> list[str]:
+    """The overrides on a command line: every word that is neither a flag nor a flag's value."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _VALUED_FLAGS
+        else:
+            out.append(arg)
+    return out
+
+
 def checked_overrides(config_name: str):
     """Put above a command's @hydra.main: the command line's overrides get check_overrides() first, answered with one
     `error:` line and exit status 2, as every other user error."""
@@ -94,7 +112,7 @@ def checked_overrides(config_name: str):
         def wrapper(*args, **kwargs):
             if not args and not kwargs:  # the console script: the overrides are on the command line
                 try:
-                    check_overrides(config_name, [a for a in sys.argv[1:] if not a.startswith("-")])
+                    check_overrides(config_name, command_line_overrides(sys.argv[1:]))
                 except UserError as e:
                     print(f"error: {e}", file=sys.stderr)
                     sys.exit(2)

@@ -93,3 +93,10 @@ def test_a_two_step_train_meets_no_future_warning_but_the_filtered_one(tmp_path,
     assert "lora-train experiment=smollm2_sample run_name=smollm2-sample" in proc.stdout
     assert (tmp_path / "adapters" / "w" / "adapter_config.json").is_file()
     assert "\r" not in proc.stderr  # no progress bar: stderr is a pipe here, not a terminal
+
+
+def test_a_flags_value_is_not_taken_for_an_override():
+    from lora_train.config import command_line_overrides
+
+    assert command_line_overrides(["adapters=[a]", "--cfg", "job", "-p", "model", "--help", "x=1"]) == [
+        "adapters=[a]", "x=1"]

@@ -92,8 +92,8 @@ FULL: dict[str, bool] = {
     "lora-data data.source=chats.jsonl data.format=chat": False,
     # real training, merging and generation on the tiny model
     "lora-train experiment=debug run_name=run-a train.learning_rate=5e-3": True,
-    "lora-merge adapter=adapters/run-a output=merged/run-a": True,
-    'lora-generate adapters=[run-a,base] prompt="Tell me a joke" stream=false sampling.max_new_tokens=16': True,
+    "lora-merge adapter=latest output=merged/my-adapter": True,
+    'lora-generate adapters=[latest,base] prompt="Tell me a joke" stream=false sampling.max_new_tokens=16': True,
     "lora-merge adapters=[adapters/a,adapters/b] weights=[0.7,0.3] combination=cat output=adapters/a_plus_b": True,
 }
 

@@ -184,3 +184,72 @@ def test_names_imported_from_library_submodules_still_exist(module, name, user):
         found = None
         module = f"{module} ({e})"
     assert found is not None, _gone(f"{module}.{name}", user)
+
+
+def test_bitsandbytes_params4bit_rebuilt_from_its_own_settings():
+    """lora_train/training/init.py set_base() rebuilds a 4-bit weight as type(param)(w, requires_grad=False,
+    blocksize=..., compress_statistics=..., quant_type=..., quant_storage=..., module=...): Params4bit's internal
+    keyword arguments. Run the real function on a real CPU Linear4bit and read the weight back."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+    import torch
+
+    from lora_train.training.init import set_base
+
+    api, user = "bitsandbytes.nn.Params4bit(data, blocksize=, compress_statistics=, quant_type=, quant_storage=, " \
+        "module=)", "lora_train/training/init.py set_base (PiSSA, OLoRA, LoftQ on a 4-bit base)"
+    linear = bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4", compute_dtype=torch.float32).to("cpu")
+
+    class Layer:  # what set_base reads of a PEFT LoRA layer
+        def get_base_layer(self):
+            return linear
+
+    w = torch.randn(64, 64)
+    try:
+        set_base(Layer(), w)
+    except TypeError as e:
+        raise AssertionError(_gone(api, user)) from e
+    param = linear.weight
+    assert type(param).__name__ == "Params4bit" and param.quant_state is not None, _gone(api, user)
+    assert (param.quant_type, param.blocksize) == ("nf4", 64), _gone(api, user)
+    back = F.dequantize_4bit(param.data, param.quant_state).float()
+    assert back.shape == w.shape and (back - w).abs().mean() < 0.2 * w.abs().mean(), _gone(api, user)
+
+
+def test_hydra_calls_on_job_end_after_the_job_with_its_failure_in_the_job_return():
+    """lora_train/training/sweep.py SweepSummary.on_job_end records a job that raised (a bug) from job_return: Hydra's
+    run_job must catch the job's exception into JobReturn (status FAILED) and call on_job_end after the task, and
+    return_value must re-raise that exception."""
+    import inspect
+
+    from hydra.core import utils
+    from hydra.core.utils import JobReturn, JobStatus
+
+    api, user = "hydra.core.utils.run_job (callback order) and JobReturn.return_value", "lora_train/training/sweep.py"
+    source = inspect.getsource(utils.run_job)
+    task, caught, end = (source.find(s) for s in ("task_function(task_cfg)", "ret.status = JobStatus.FAILED",
+                                                  "callbacks.on_job_end("))
+    assert -1 < task < caught < end, _gone(api, user)
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("the job's own error"))
+    with pytest.raises(RuntimeError, match="the job's own error"):
+        failed.return_value
+
+
+def test_optuna_sweeper_tells_a_trial_failed_when_its_value_is_not_a_float():
+    """lora_train/training/sweep.py returns a Failed value from a job that failed with a user error; float() of it
+    raises, and hydra-optuna-sweeper must then tell Optuna the trial FAILED and go on (there is no documented way for
+    a job to report a failed trial). Read from the sweeper's source: the float cast inside the block that tells FAIL."""
+    import inspect
+
+    need_module("hydra_plugins.hydra_optuna_sweeper", "sweep")
+    from hydra_plugins.hydra_optuna_sweeper import _impl
+
+    from lora_train.training.sweep import Failed
+
+    api, user = "hydra_plugins.hydra_optuna_sweeper._impl.OptunaSweeperImpl.sweep", "lora_train/training/sweep.py"
+    source = inspect.getsource(_impl.OptunaSweeperImpl.sweep)
+    cast, fail, warn = (source.find(s) for s in ("values = [float(ret.return_value)]",
+                                                 "state = optuna.trial.TrialState.FAIL", 'log.warning(f"Failed experiment'))
+    assert -1 < cast < fail < warn, _gone(api, user)
+    with pytest.raises(ValueError, match="lora.r=0 is out of range"):
+        float(Failed("lora.r=0 is out of range"))

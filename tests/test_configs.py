@@ -65,7 +65,8 @@ def test_gpt4all_j_log_preset_has_the_training_logs_lora_settings():
     assert (t.per_device_batch_size, t.global_batch_size, t.learning_rate) == (4, 32, 2e-5)
     assert (t.lr_scheduler, t.warmup_steps, t.epochs, t.weight_decay, t.max_grad_norm) == \
         ("constant_with_warmup", 500, 2, 0.0, 1.0)
-    assert (log.model, log.quant, log.lora, log.data, log.seed) == (card.model, card.quant, card.lora, card.data, card.seed)
+    assert (log.model, log.quant, log.lora, log.data, log.seed) == \
+        (card.model, card.quant, card.lora, card.data, card.seed)
     # transformers' constant_with_warmup is DeepSpeed's WarmupLR (warmup_type linear, warmup_min_lr 0): from 0 to the
     # learning rate over the warmup steps, then flat for good
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=t.learning_rate)

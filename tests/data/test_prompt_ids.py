@@ -27,7 +27,8 @@ def tokenizer(request, model_cache):
 
 def training_prefix(tok, template: str, messages: list[dict]) -> list[int]:
     """The ids before the last response of one example, as training tokenizes it (nothing cut)."""
-    row = Tokenizer(tok, DataConfig(template=template, max_length=4096))([{"messages": messages}], DataReport("x", None))
+    tokenize = Tokenizer(tok, DataConfig(template=template, max_length=4096))
+    row = tokenize([{"messages": messages}], DataReport("x", None))
     ids, labels = row[0]["input_ids"], row[0]["labels"]
     starts = [i for i in range(1, len(labels)) if labels[i] != -100 and labels[i - 1] == -100]
     return ids[: starts[-1]]

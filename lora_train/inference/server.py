@@ -322,7 +322,7 @@ def run(cfg: DictConfig | ServeJob) -> None:
     if job.deploy.backend.value == "ray":  # the same routes as a Ray Serve application (docs/scale.md)
         from lora_train.inference.cluster import deploy
 
-        return deploy.run(job, api_key)
+        return deploy.run(job, api_key, create_app)
     host = MultiAdapterModel.from_config(job)
     if job.preload:
         for name in host.names()[: job.max_resident_adapters]:

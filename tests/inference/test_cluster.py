@@ -25,6 +25,7 @@ from serving_helpers import ThreadServer, adapters_copy, free_port, http
 
 from lora_train import compose
 from lora_train.errors import UserError
+from lora_train.inference.server import create_app
 from lora_train.schemas.infer import ServeJob
 
 KEY = "cluster-key"
@@ -72,7 +73,7 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the cluster extra were not installed
     with pytest.raises(UserError, match=r"lora-serve deploy=ray needs the cluster extra \(ray is missing\)"):
-        deploy.start(job_of(f"adapters_dir={tmp_path}"), None)
+        deploy.start(job_of(f"adapters_dir={tmp_path}"), None, create_app)
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -86,7 +87,7 @@ def test_bad_deploy_settings_name_the_key(override, needle, tmp_path):
     from lora_train.inference.cluster import deploy
 
     with pytest.raises(UserError) as e:
-        deploy.start(job_of(f"adapters_dir={tmp_path}", override), None)
+        deploy.start(job_of(f"adapters_dir={tmp_path}", override), None, create_app)
     assert needle in str(e.value)
 
 
@@ -97,7 +98,7 @@ def test_adapters_dir_not_visible_is_refused_before_ray_starts(tmp_path):
     from lora_train.inference.cluster import deploy
 
     with pytest.raises(UserError, match="is not visible on .*shared filesystem"):
-        deploy.start(job_of(f"adapters_dir={tmp_path / 'nowhere'}"), None)
+        deploy.start(job_of(f"adapters_dir={tmp_path / 'nowhere'}"), None, create_app)
     assert not ray.is_initialized()
 
 
@@ -141,7 +142,7 @@ def cluster(tmp_path_factory, model_cache):
         job = job_of(f"adapters_dir={adapters}", f"port={free_port()}", "deploy.replicas=2", "deploy.num_cpus=0",
                      "preload=false", "deploy.max_adapters_per_replica=2", "batch_wait_ms=10", f"api_key={KEY}",
                      "deploy.start_timeout_s=240")
-        state["running"] = deploy.start(job, KEY)
+        state["running"] = deploy.start(job, KEY, create_app)
         state["url"], state["job"] = state["running"].url, job
         yield state
     finally:
@@ -178,8 +179,6 @@ def _local_server(cluster):
     """The single-process server (server.create_app over a real registry and engine) on the same adapters."""
     from lora_train.inference.registry import MultiAdapterModel
     from lora_train.inference.scheduler import build_batcher
-    from lora_train.inference.server import create_app
-
     job = cluster["job"]
     host = MultiAdapterModel.from_config(job)
     batcher = build_batcher(host, job)
@@ -320,7 +319,7 @@ def test_unplaceable_replicas_are_refused_naming_the_key(cluster):
     from lora_train.inference.cluster import deploy
 
     with pytest.raises(UserError, match=r"deploy.num_gpus asks 1.*the largest machine offers GPU 0"):
-        deploy.start(job_of(f"adapters_dir={cluster['adapters']}", "deploy.num_gpus=1"), None)
+        deploy.start(job_of(f"adapters_dir={cluster['adapters']}", "deploy.num_gpus=1"), None, create_app)
 
 
 @pytest.mark.slow

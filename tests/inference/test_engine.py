@@ -291,3 +291,19 @@ def test_lora_generate_batches_continuously_with_the_same_completions(host):
         records[scheduler] = complete(host, job, prompts, ["alpha", "beta", "base"], params)
     assert records[Scheduler.continuous] == records[Scheduler.static]
     assert len({r["completion"] for r in records[Scheduler.continuous]}) > 3
+
+
+def test_adapters_left_after_an_unload_still_serve_mixed_batches(host):
+    """PEFT's delete_adapter makes the remaining adapters trainable again; a mixed batch then failed with "a view of a
+    leaf Variable that requires grad is being used in an in-place operation" (the Ray replicas' evictions hit it)."""
+    rows = [("beta", PROMPTS[0]), ("base", PROMPTS[1])]
+
+    def run():
+        return [r.text for r in generate(host, [GenRequest(format_prompt(p), a, GenParams(max_new_tokens=6))
+                                                for a, p in rows])]
+    host.load("alpha")
+    host.load("beta")
+    before = run()
+    assert host.unload("alpha")
+    assert not any(p.requires_grad for p in host.model.parameters())
+    assert run() == before

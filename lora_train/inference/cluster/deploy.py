@@ -123,7 +123,8 @@ class Running:
             ray.shutdown()
 
 
-def start(job: ServeJob, api_key: str | None) -> Running:
+def start(job: ServeJob, api_key: str | None, create_app) -> Running:
+    """Deploy lora-serve's routes (`create_app`: lora_train.inference.server.create_app) over engine replicas."""
     from lora_train.inference.cluster.engine import check_visible, engine_class
     from lora_train.inference.cluster.ingress import ingress_class
 
@@ -142,7 +143,7 @@ def start(job: ServeJob, api_key: str | None) -> Running:
         engine = serve.deployment(engine_class(job, board_name, NAMESPACE)).options(**options)
         ingress = serve.deployment(ingress_class()).options(
             name=INGRESS, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max(1000, job.max_queue))
-        app = ingress.bind(engine.bind(), job, api_key, model_cfg, board_name, NAMESPACE)
+        app = ingress.bind(engine.bind(), job, api_key, model_cfg, board_name, NAMESPACE, create_app)
         deployed = True
         serve._run(app, name=APP, route_prefix="/", _blocking=False)  # public serve.run waits with no time limit
         wait_running(serve, job.deploy.start_timeout_s)
@@ -189,9 +190,9 @@ def reason(message: str) -> str:
     return lines[-1] if lines else "no reason given by Ray"
 
 
-def run(job: ServeJob, api_key: str | None) -> None:
+def run(job: ServeJob, api_key: str | None, create_app) -> None:
     """Serve until SIGINT / SIGTERM, then delete the application (and stop Ray when this process started it)."""
-    running = start(job, api_key)
+    running = start(job, api_key, create_app)
     print(f"serving on {running.url}/v1 with Ray Serve ({ENGINE} replicas: {job.deploy.replicas})", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -36,15 +36,31 @@ def too_large(size: int | None, max_bytes: int) -> ApiError:
     return ApiError(413, f"{what} is larger than max_request_bytes={max_bytes}", code="request_too_large")
 
 
+# After refusing a body as too large, read and discard up to this much more of it before answering: a client that sends
+# its whole body before reading (Python's urllib) then reads the 413 instead of a connection reset. Beyond it the
+# server answers and closes at once, so a huge upload cannot hold a worker.
+DRAIN_BYTES = 64 << 20
+
+
+async def _drain(request, budget: int) -> None:
+    async for chunk in request.stream():
+        budget -= len(chunk)
+        if budget <= 0:
+            return
+
+
 async def read_json(request, max_bytes: int) -> dict:
-    """The request's body as a JSON object, read no further than `max_bytes`."""
+    """The request's body as a JSON object, read no further than `max_bytes` (plus DRAIN_BYTES discarded on refusal)."""
     declared = request.headers.get("content-length", "")
-    if declared.strip().isdigit() and int(declared) > max_bytes:  # refused before a byte is read
+    if declared.strip().isdigit() and int(declared) > max_bytes:  # refused before a byte is kept
+        if int(declared) <= max_bytes + DRAIN_BYTES:
+            await _drain(request, int(declared))
         raise too_large(int(declared), max_bytes)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
+            await _drain(request, DRAIN_BYTES)
             raise too_large(None, max_bytes)
         chunks.append(chunk)
     try:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import need_module
+from conftest import need, need_module
 from serving_helpers import ThreadServer, adapters_copy, free_port, http, post_json
 
 need_module("fastapi", "serve"), need_module("uvicorn", "serve"), need_module("prometheus_client", "serve")
@@ -101,6 +101,29 @@ def test_body_limits_deep_json_and_api_key(served):
     assert http(url + "/v1/completions", json.dumps({"model": "alpha", "prompt": "Hi"}).encode(), key=None,
                 headers={"authorization": KEY})[0] == 401  # the key without "Bearer "
     assert completion(url, "alpha")[0] == 200
+
+
+def test_413_is_read_by_urllib_curl_and_the_openai_client(served, tmp_path):
+    """A body far over max_request_bytes (8 MB, more than the sockets buffer): urllib sends all of it before reading,
+    curl --data-binary streams a file, the openai client posts JSON; each reads the 413 and its message, never a
+    connection reset."""
+    import shutil
+
+    url, big = served["url"], b'{"model": "alpha", "prompt": "' + b"z" * 8_000_000 + b'"}'
+    status, body = http(url + "/v1/completions", big, KEY)  # urllib: writes the whole body, then reads
+    assert status == 413 and b"max_request_bytes=300000" in body, (status, body[:300])
+    need(shutil.which("curl") is not None, "curl is not installed")
+    (tmp_path / "big.json").write_bytes(big)
+    proc = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-H", f"authorization: Bearer {KEY}",
+                           "-H", "content-type: application/json", "--data-binary", f"@{tmp_path / 'big.json'}",
+                           url + "/v1/completions"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.endswith("\n413") and "max_request_bytes=300000" in proc.stdout, \
+        (proc.returncode, proc.stdout[-300:], proc.stderr[-300:])
+    openai = need_module("openai", "dev")
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.completions.create(model="alpha", prompt="z" * 8_000_000, max_tokens=1)
+    assert caught.value.status_code == 413 and "max_request_bytes=300000" in str(caught.value)
 
 
 @pytest.mark.slow

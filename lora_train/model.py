@@ -191,5 +191,5 @@ def random_model_note(name_or_path: str) -> str | None:
     adapter's on top of it) is expected to be noise; None for any other model."""
     if not str(name_or_path).startswith("builtin:"):
         return None
-    return (f"note: {name_or_path} is a tiny model with random weights, built locally to test the pipeline: its text is "
-            f"noise whatever an adapter learned. A real model: {REAL_MODEL_QUICKSTART}")
+    return (f"note: {name_or_path} is a tiny model with random weights, built locally to test the pipeline: its "
+            f"text is noise whatever an adapter learned. A real model: {REAL_MODEL_QUICKSTART}")

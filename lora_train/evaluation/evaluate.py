@@ -192,7 +192,8 @@ def run(cfg: DictConfig | EvalJob) -> Path:
         ran.append("loss and perplexity on " + ", ".join(sets))
     if prompts:
         ran.append(f"{len(prompts)} greedy sample{'s' if len(prompts) != 1 else ''}")
-    header = (f"Base `{artifacts.shown_path(model_cfg.name_or_path)}` ({quant}); {'; '.join(ran) or 'nothing measured'}; "
+    measured = "; ".join(ran) or "nothing measured"
+    header = (f"Base `{artifacts.shown_path(model_cfg.name_or_path)}` ({quant}); {measured}; "
               f"seed {job.seed}. Evaluated {datetime.now(timezone.utc):%Y-%m-%d} with lora-eval.")
     scores = eval_report.scores_markdown(table, rows)
     losses = eval_report.loss_markdown(rows, {n: s.description for n, s in sets.items()}) if job.loss.enabled else ""

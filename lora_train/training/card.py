@@ -119,6 +119,7 @@ def render(run_name: str, config: dict, metrics: dict) -> str:
         hyper = [(k, f"{used} (asked {asked}; this hardware would only emulate it)" if k == "quant.compute_dtype"
                   and used != asked else v) for k, v in hyper]
     hyper.append(("seed", config.get("seed")))
+    computed = f", computed in {metrics['compute_dtype']}" if metrics.get("compute_dtype") else ""
     return f"""---
 library_name: peft
 base_model: {base}
@@ -128,7 +129,7 @@ tags: [lora, qlora, gpt-j, gpt4all-j, lora-train]
 # {run_name}
 
 A LoRA adapter for `{base}`{f" (revision `{model['revision']}`)" if model.get("revision") else ""}, trained with
-lora-train: {config['quant']['mode']} base{f", computed in {metrics['compute_dtype']}" if metrics.get("compute_dtype") else ""}, LoRA r={config['lora']['r']} alpha={config['lora']['alpha']} on
+lora-train: {config['quant']['mode']} base{computed}, LoRA r={config['lora']['r']} alpha={config['lora']['alpha']} on
 {", ".join(config['lora']['target_modules'])}. Variant: {variant(config['lora'], config.get('train', {}))}. Each example is prompt + "\\n" + response + EOS, with the loss on
 the response and its EOS.
 

@@ -72,6 +72,32 @@ def _loss(logp, labels) -> tuple[float, int]:
     return float(-logp[:-1][keep].gather(1, labels[keep, None]).sum()), int(keep.sum())
 
 
+def dequantized_in_float32(model) -> None:
+    """On a CPU: the 4-bit model as the float32 network it stands for. Each 4-bit linear becomes a plain float32
+    linear holding exactly the weights bitsandbytes dequantizes from its codes (the weights training ran on), and
+    every other weight moves to float32. bitsandbytes' CPU 4-bit kernels compute in the weights' dtype (bf16 where
+    training loaded them in bf16) with their own rounding; against a float32 merged model that rounding alone flips
+    near-tied top-1 tokens the merge did not change, and says nothing about the merge."""
+    import torch
+    from bitsandbytes.functional import dequantize_4bit
+    from bitsandbytes.nn import Linear4bit
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Linear4bit):
+                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                        device="meta")
+                plain.weight = torch.nn.Parameter(
+                    dequantize_4bit(child.weight.data, child.weight.quant_state).float(), requires_grad=False)
+                if child.bias is not None:
+                    plain.bias = torch.nn.Parameter(child.bias.data.float(), requires_grad=False)
+                setattr(module, name, plain)
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.float()
+    model.hf_quantizer, model.is_quantized, model.is_loaded_in_4bit = None, False, False
+
+
 def compare(info: AdapterInfo, base_folder: Path, model_cfg: ModelConfig, quant: QuantConfig, merged: Path,
             opts: MergeOptions) -> dict:
     import torch
@@ -87,6 +113,8 @@ def compare(info: AdapterInfo, base_folder: Path, model_cfg: ModelConfig, quant:
     ref_cfg = model_cfg if on_gpu or quant.mode != QuantMode.none else \
         ModelConfig(**{**model_cfg.__dict__, "dtype": DType.float32})
     base = load_base(str(base_folder), ref_cfg, quant, device_map={"": 0} if on_gpu else None)
+    if not on_gpu and quant.mode in (QuantMode.nf4, QuantMode.fp4):
+        dequantized_in_float32(base)
     reference = PeftModel.from_pretrained(base, info.folder).eval()
     ref = _run(reference, rows)
     del reference, base

@@ -14,7 +14,6 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 
 from lora_train.schemas.deploy import DeployConfig
-from lora_train.schemas.deploy import DeployConfig
 from lora_train.schemas.model import ModelConfig, QuantConfig
 
 
@@ -96,7 +95,6 @@ class ServeJob(BaseSelection):
     request_timeout_s: float = 600.0  # a request waiting longer than this in total is answered 503
     log_level: str = "info"
     playground: Optional[bool] = None  # the web page at /: None = on only when host is a loopback address
-    deploy: DeployConfig = field(default_factory=DeployConfig)  # deploy=local (one process) or deploy=ray
     deploy: DeployConfig = field(default_factory=DeployConfig)  # deploy=local (one process) or deploy=ray
 
 

@@ -35,6 +35,15 @@ def _ray():
     return ray, serve
 
 
+def _serve_gone() -> tuple[type[BaseException], ...]:
+    """What serve.delete raises when there is nothing left to delete: no Serve instance on this Ray (never
+    started, or shut down), or its controller actor died. Any other failure is real and propagates."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import RayServeException
+
+    return RayServeException, RayActorError
+
+
 def replicas_options(job: ServeJob) -> dict:
     """The engine deployment's options from deploy.* (checked: each bad key is named)."""
     d = job.deploy
@@ -112,11 +121,11 @@ class Running:
         ray, serve = _ray()
         try:
             serve.delete(APP)
-        except Exception as e:  # already gone
+        except _serve_gone() as e:
             log.debug("serve.delete: %s", e)
         try:
             ray.kill(self.board)
-        except Exception as e:
+        except ray.exceptions.ActorHandleNotFoundError as e:  # from an earlier Ray session: nothing to kill
             log.debug("board: %s", e)
         if self.owns_ray:
             serve.shutdown()
@@ -156,7 +165,7 @@ def start(job: ServeJob, api_key: str | None, create_app) -> Running:
         elif deployed:  # the caller's Ray instance: take back only what this call deployed
             try:
                 serve.delete(APP)
-            except Exception as e:
+            except _serve_gone() as e:
                 log.debug("serve.delete: %s", e)
         raise
     return Running(f"http://{job.host}:{job.port}", owns, board)

@@ -136,7 +136,10 @@ def engine_class(job: ServeJob, board_name: str, namespace: str):
             """Admin load, routed by Ray like a request for `name`: loads it on the replica Ray picks."""
             try:
                 await self.adapter(name)
-            except Exception as e:
+            except (UserError, ValueError) as e:  # the caller's: unknown, unreadable or mismatched adapter
+                return {"replica": self.replica, "error": wire_error(e)}
+            except Exception as e:  # a fault here (memory, a bug): its traceback in this replica's log, a 500 back
+                log.exception("loading adapter %r", name)
                 return {"replica": self.replica, "error": wire_error(e)}
             return {"replica": self.replica, "error": None}
 
@@ -201,8 +204,10 @@ def engine_class(job: ServeJob, board_name: str, namespace: str):
                         if self._apply(action, name):
                             evicted.append(number)
                         seen = number
-                except Exception as e:  # the board is gone (shutdown) or slow: try again next time
-                    log.debug("board: %s", e)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                    log.debug("board: %s", e)  # the board is gone (shutdown) or slow: try again next time
+                except Exception:  # a fault applying an action: logged, and the loop keeps reporting
+                    log.exception("board sync")
                 self._stop.wait(POLL_S)
 
         def _apply(self, action: str, name: str) -> bool:

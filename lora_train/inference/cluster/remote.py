@@ -152,8 +152,8 @@ class RemoteEngine:
         while not self._stop.is_set():
             try:
                 self.snapshot = ray.get(self.board.snapshot.remote(), timeout=10)
-            except Exception as e:
-                log.debug("board: %s", e)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                log.debug("board: %s", e)  # the board is gone (shutdown) or slow: the last snapshot stays
             self._stop.wait(POLL_S)
 
     def _sum(self, key: str) -> int:

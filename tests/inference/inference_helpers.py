@@ -63,7 +63,11 @@ def fit_adapter(folder: Path, like: Path, prompt: str, target: str, max_steps: i
     job = read_adapter(like).job
     path = resolve_model(job.model)
     tok = load_tokenizer(path, job.model)
-    model = get_peft_model(load_base(path, job.model, job.quant),
+    base = load_base(path, job.model, job.quant)
+    for module in base.modules():  # as lora-train does: bitsandbytes' AVX512-BF16 inference layout breaks training
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    model = get_peft_model(base,
                            LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                       target_modules=["q_proj", "v_proj", "out_proj", "fc_in", "fc_out"]))
     # The prompt as the server renders a chat turn for this adapter: its training template, piece by piece.

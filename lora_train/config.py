@@ -13,7 +13,7 @@ import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import OverrideParseException
+from hydra.errors import HydraException
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,17 +57,20 @@ def _schema_nodes(config_name: str) -> set[str]:
 def check_overrides(config_name: str, overrides: list[str]) -> None:
     """Overrides that Hydra answers with a stack trace rather than a message, answered with a message instead:
     `quant.mode=none` where the command's `quant` group is null (lora-serve, lora-generate, lora-eval: no node to
-    change, an AssertionError), and `model=null` or `model=0` for any group (a ValueError)."""
-    groups = config_groups(config_name)
-    if not groups:
-        return
-    unset = unset_groups(config_name)
+    change, an AssertionError), `model=null` or `model=0` for any group (a ValueError), and an override Hydra's
+    grammar refuses (its message names no override: `model.dtype=Ĝ`, an unquoted letter its lexer does not know)."""
     parser, parsed = OverridesParser.create(), []
     for text in overrides:
         try:
             parsed.append((text, parser.parse_override(text)))
-        except OverrideParseException:  # a malformed override: Hydra's own message names it later
-            continue
+        except HydraException as e:  # Hydra's grammar refuses it; its message names neither the override nor the fix
+            key, _, value = text.partition("=")
+            raise UserError(f"{text}: Hydra cannot read this override ({e}); to pass the value as text, quote it: "
+                            f"'{key}=\"{value}\"'") from None
+    groups = config_groups(config_name)
+    if not groups:
+        return
+    unset = unset_groups(config_name)
     chosen = {o.key_or_group for _, o in parsed if not o.is_delete()}
     for text, o in parsed:
         group, _, rest = o.key_or_group.partition(".")

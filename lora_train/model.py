@@ -129,7 +129,7 @@ def device_map(env=os.environ):
 def peft_config(cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 
-    from lora_train.schemas import LoraInit
+    from lora_train.schemas import LoraBias, LoraInit
 
     targets = cfg.target_modules
     return PeftLoraConfig(
@@ -137,7 +137,7 @@ def peft_config(cfg: LoraConfig):
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
-        bias=cfg.bias,
+        bias=LoraBias(cfg.bias).value,  # PEFT compares and saves a plain string
         task_type="CAUSAL_LM",
         # LoftQ, PiSSA and OLoRA start from PEFT's default and are then initialised by lora_train.training.init,
         # which works on a 4-bit base on any device (PEFT's own paths need CUDA or refuse a 4-bit base).

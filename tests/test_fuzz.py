@@ -131,6 +131,22 @@ def test_the_console_scripts_answer_an_unset_group_setting_with_one_line(command
     assert proc.stderr.startswith("error: quant.mode=none: ") and proc.stderr.strip().endswith("write quant=none instead")
 
 
+def test_an_override_hydra_cannot_read_is_one_line_naming_it(tmp_path):
+    """A letter Hydra's lexer does not know, unquoted (as a user types it): one line naming the override and the
+    quoting that works, from compose() and from the console script."""
+    with pytest.raises(UserError, match="^model.dtype=Ĝ: Hydra cannot read this override .*'model.dtype=\"Ĝ\"'$"):
+        compose("generate", ["model=tiny_gptj", "model.dtype=Ĝ"])
+    proc = run_cli("lora-generate", "model=tiny_gptj", "model.dtype=Ĝ", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: model.dtype=Ĝ: Hydra cannot read this override")
+
+
+def test_lora_bias_is_a_choice_refused_at_compose_time():
+    with pytest.raises(HydraException, match="lora.bias=0"):
+        compose("train", ["lora.bias=0"])
+    assert compose("train", ["lora.bias=lora_only"]).lora.bias.value == "lora_only"
+
+
 # Boundary values a random search rarely draws: each must be refused by name before anything loads.
 REFUSED = [("train.global_batch_size", "0"), ("train.global_batch_size", "-8"), ("train.save_steps", "0"),
            ("train.save_steps", "-1"), ("train.eval_steps", "0"), ("train.logging_steps", "0"),

@@ -13,10 +13,10 @@ package: it imports nothing of lora_train but errors.
 from lora_train.schemas import curate, eval, infer, merge  # noqa: F401  (register the other commands' schemas)
 from lora_train.schemas.data import (LIST_DATA, REFUSAL_PHRASES, SAMPLE_DATA, Curation, DataConfig, DataFormat,
                                      DedupKey, FilterStep)
-from lora_train.schemas.lora import LoraConfig, LoraInit
+from lora_train.schemas.lora import LoraBias, LoraConfig, LoraInit
 from lora_train.schemas.model import SMOLLM2, TINY_GPTJ, TINY_LLAMA, DType, ModelConfig, QuantConfig, QuantMode
 from lora_train.schemas.train import TrainConfig, TrainJob
 
-__all__ = ["LIST_DATA", "REFUSAL_PHRASES", "SAMPLE_DATA", "Curation", "DataConfig", "DataFormat", "DedupKey", "FilterStep",
-           "LoraConfig", "LoraInit", "TINY_GPTJ", "TINY_LLAMA", "SMOLLM2", "DType", "ModelConfig", "QuantConfig", "QuantMode", "TrainConfig",
-           "TrainJob"]
+__all__ = ["LIST_DATA", "REFUSAL_PHRASES", "SAMPLE_DATA", "Curation", "DataConfig", "DataFormat", "DedupKey",
+           "FilterStep", "LoraBias", "LoraConfig", "LoraInit", "TINY_GPTJ", "TINY_LLAMA", "SMOLLM2", "DType",
+           "ModelConfig", "QuantConfig", "QuantMode", "TrainConfig", "TrainJob"]

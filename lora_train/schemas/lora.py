@@ -17,6 +17,14 @@ class LoraInit(str, Enum):
     olora = "olora"  # A, B = the weights' QR factors (first r); the base holds the (quantized) residual
 
 
+class LoraBias(str, Enum):
+    """Which biases train with the adapter (PEFT's LoraConfig.bias): a choice, so a typo fails at compose time."""
+
+    none = "none"  # no bias trains: the adapter alone holds the change
+    all = "all"  # every bias of the model trains (and is saved with the adapter)
+    lora_only = "lora_only"  # only the biases of the layers the adapter wraps
+
+
 @dataclass
 class LoraConfig:
     r: int = 8
@@ -24,7 +32,7 @@ class LoraConfig:
     dropout: float = 0.1
     # PEFT module names, or ["all-linear"] for every linear layer except the output head.
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    bias: str = "none"
+    bias: LoraBias = LoraBias.none
     init: LoraInit = LoraInit.default  # see LoraInit; default leaves everything as it was
     use_rslora: bool = False  # rank-stabilised scale alpha / sqrt(r) instead of alpha / r (for larger ranks)
     use_dora: bool = False  # DoRA: a trained magnitude per output feature on top of the LoRA direction

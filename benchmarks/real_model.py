@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import list_task
@@ -115,16 +116,18 @@ def chat_served(work: Path, rows: list[dict], max_new: int) -> dict:
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError("lora-serve did not start: " + (proc.stderr.read() if proc.stderr else ""))
                 time.sleep(1)
-        records = []
-        for r in rows:
-            body = {"model": ADAPTER, "messages": [{"role": "user", "content": r["prompt"]}], "max_tokens": max_new,
-                    "temperature": 0}
+
+        def ask(row: dict) -> dict:
+            body = {"model": ADAPTER, "messages": [{"role": "user", "content": row["prompt"]}],
+                    "max_tokens": max_new, "temperature": 0}
             req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
                                          {"content-type": "application/json"})
-            with urllib.request.urlopen(req, timeout=600) as resp:
-                answer = json.loads(resp.read())["choices"][0]["message"]["content"]
-            records.append({"prompt": r["prompt"], "completion": answer})
-        return score(records, rows)
+            with urllib.request.urlopen(req, timeout=1800) as resp:
+                return {"prompt": row["prompt"],
+                        "completion": json.loads(resp.read())["choices"][0]["message"]["content"]}
+
+        with ThreadPoolExecutor(8) as pool:  # concurrent requests, batched by the server's engine
+            return score(list(pool.map(ask, rows)), rows)
     finally:
         proc.terminate()
         proc.wait(60)
@@ -163,10 +166,12 @@ def part_nf4(args, work: Path) -> dict:
     rows, data, _ = held_out(work, args.held_out)
     out = {}
     for quant in ("none", "nf4"):
-        res_dir = evaluate(compose("eval", [
-            "model=smollm2_135m", f"quant={quant}", f"eval.include_path={TASKS}", "eval.tasks=[word_facts]",
-            f"loss.source={data}", "samples.count=0", f"output={work / f'eval-{quant}'}", "overwrite=true"]))
-        res = json.loads((Path(res_dir) / "results.json").read_text())
+        res_dir = work / f"eval-{quant}"
+        if not (res_dir / "results.json").is_file():  # a finished evaluation in the work folder is reused
+            evaluate(compose("eval", [
+                "model=smollm2_135m", f"quant={quant}", f"eval.include_path={TASKS}", "eval.tasks=[word_facts]",
+                f"loss.source={data}", "samples.count=0", f"output={res_dir}", "overwrite=true"]))
+        res = json.loads((res_dir / "results.json").read_text())
         m = res["models"][0]
         task = m["tasks"]["word_facts"]
         out[quant] = {"loss": next(iter(m["loss"].values()))["loss"], "word_facts": task}
@@ -175,8 +180,8 @@ def part_nf4(args, work: Path) -> dict:
         "| base | held-out response loss | word_facts acc_norm (stderr) | word_facts acc (stderr) |",
         "| --- | --- | --- | --- |",
     ] + [f"| {'float32 (the Q4_1 file dequantized)' if q == 'none' else 'NF4 on top of that'} | {out[q]['loss']:.4f} | "
-         f"{100 * acc(q)['acc_norm']:.1f} ({100 * acc(q)['acc_norm_stderr']:.1f}) | "
-         f"{100 * acc(q)['acc']:.1f} ({100 * acc(q)['acc_stderr']:.1f}) |" for q in ("none", "nf4")]
+         f"{100 * acc(q)['acc_norm']['value']:.1f} ({100 * acc(q)['acc_norm']['stderr']:.1f}) | "
+         f"{100 * acc(q)['acc']['value']:.1f} ({100 * acc(q)['acc']['stderr']:.1f}) |" for q in ("none", "nf4")]
     return out
 
 
@@ -200,17 +205,34 @@ def part_variants(args, work: Path) -> dict:
 
 
 def part_merge(args, work: Path) -> dict:
-    from lora_train import compose, merge
+    """Both merge bases on SmolLM2 and, in the same run, on the embedded tiny GPT-J: LoRA on every linear layer,
+    computed in float32 (as verification computes on a CPU), merged with verification numbers recorded."""
+    from lora_train import compose, merge, train
 
-    adapter = train_adapter(work, args.steps)
-    out = {}
-    for base in ("dequantized", "original"):
-        folder = merge(compose("merge", [f"adapter={adapter}", f"output={work / 'merged' / base}",
-                                         f"merge.base={base}", "merge.force=true", "overwrite=true"]))
-        out[base] = json.loads((Path(folder) / "merge_report.json").read_text())["verification"]
-    out["table"] = ["| merge.base | max abs logit diff | mean KL | top-1 agreement |", "| --- | --- | --- | --- |"] + [
-        f"| {b} | {out[b]['max_abs_logit_diff']:.3g} | {out[b]['mean_kl']:.3g} | {out[b]['top1_agreement']:.4f} |"
-        for b in ("dequantized", "original")]
+    fp32 = ["quant.compute_dtype=float32"]
+    tiny = work / "adapters" / "merge-tiny"
+    if not (tiny / "adapter_config.json").is_file():
+        train(compose("train", [f"adapters_dir={work / 'adapters'}", "run_name=merge-tiny", "lora=all_linear",
+                                "train.report_to=[]", *fp32]))
+    adapters = {"smollm2-135m": train_adapter(work, args.merge_steps, "merge-smollm2", [*fp32, "train.global_batch_size=8"]),
+                "tiny-gptj": tiny}
+    out: dict = {}
+    for model, adapter in adapters.items():
+        for base in ("dequantized", "original"):
+            folder = merge(compose("merge", [f"adapter={adapter}", f"output={work / 'merged' / f'{model}-{base}'}",
+                                             f"merge.base={base}", "merge.force=true", "overwrite=true",
+                                             "merge.verify_examples=32"]))
+            out[f"{model}/{base}"] = json.loads((Path(folder) / "merge_report.json").read_text())["verification"]
+    rows = ["| model | merge.base | max abs logit diff | mean KL | top-1 agreement | max diff / tiny's | KL / tiny's |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, v in out.items():
+        model, base = key.split("/")
+        t = out[f"tiny-gptj/{base}"]
+        ratio = lambda a, b: f"{a / b:.1f}x" if b > 0 else ("1x (both 0)" if a == 0 else "tiny's is 0")  # noqa: E731
+        rows.append(f"| {model} | {base} | {v['max_abs_logit_diff']:.3g} | {v['mean_kl']:.3g} | "
+                    f"{v['top1_agreement']:.4f} | {ratio(v['max_abs_logit_diff'], t['max_abs_logit_diff'])} | "
+                    f"{ratio(v['mean_kl'], t['mean_kl'])} |")
+    out["table"] = rows
     return out
 
 
@@ -235,11 +257,12 @@ def main(argv=None) -> int:
     ap.add_argument("--part", choices=sorted(PARTS), required=True)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "real_model",
                     help="adapters, merged models and results (a trained adapter is reused by later parts)")
-    ap.add_argument("--steps", type=int, default=40, help="optimizer steps of the task adapter (the quickstart's)")
+    ap.add_argument("--steps", type=int, default=20, help="optimizer steps of the task adapter (the quickstart's)")
     ap.add_argument("--held-out", type=int, default=100, help="held-out prompts")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--variant-steps", type=int, default=20, help="optimizer steps of each variant run")
+    ap.add_argument("--merge-steps", type=int, default=10, help="optimizer steps of the adapter merged")
     ap.add_argument("--examples", type=int, default=32, help="throughput: training examples per round")
     ap.add_argument("--repeats", type=int, default=3, help="throughput: rounds, for the spread")
     args = ap.parse_args(argv)

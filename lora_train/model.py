@@ -189,7 +189,7 @@ REAL_MODEL_QUICKSTART = "lora-train experiment=smollm2_sample run_name=smollm2-s
 def random_model_note(name_or_path: str) -> str | None:
     """The line shown wherever a builtin model's text appears: its weights are random, so its text (and a small
     adapter's on top of it) is expected to be noise; None for any other model."""
-    if not str(name_or_path).startswith("builtin:"):
+    if str(name_or_path) not in (TINY_GPTJ, TINY_LLAMA):  # SmolLM2 is builtin too, and real
         return None
     return (f"note: {name_or_path} is a tiny model with random weights, built locally to test the pipeline: its "
             f"text is noise whatever an adapter learned. A real model: {REAL_MODEL_QUICKSTART}")

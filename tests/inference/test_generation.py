@@ -187,7 +187,9 @@ def test_bad_request_fails_alone_in_a_batch_and_queue_is_bounded(host):
         batcher.submit(Ticket(GenRequest("   ", "beta"), on_done=on_done(1)))
         batcher.submit(Ticket(GenRequest("x", "nope"), on_done=on_done(2)))
         assert all(e.wait(120) for e in events)
-        assert done[0][1] is None and done[0][0].completion_tokens == 4
+        alone = generate(host, [GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=4))])[0]
+        assert done[0][1] is None and (done[0][0].text, done[0][0].completion_tokens) == (alone.text,
+                                                                                         alone.completion_tokens)
         assert "empty" in str(done[1][1]) and "does not exist" in str(done[2][1])
         # A long request occupies the worker; the queue then holds 4 and the next submit is refused.
         long = GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=400))

@@ -222,8 +222,8 @@ class Dequantizer:
         from lora_train.schemas import QuantMode
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # where training quantized it
-        if self.quant.mode == QuantMode.int8:  # bitsandbytes' Int8Params quantizes from float16
-            cb, scb, _ = F.int8_vectorwise_quant(tensor.to(device=device, dtype=torch.float16))
+        if self.quant.mode == QuantMode.int8:  # Int8Params quantizes the weight as loaded, cast to float16
+            cb, scb, _ = F.int8_vectorwise_quant(tensor.to(self.dtype).to(device=device, dtype=torch.float16))
             return F.int8_vectorwise_dequant(cb, scb).to(self.dtype).cpu()
         w = tensor.to(device=device, dtype=self.dtype)
         q, state = F.quantize_4bit(w, blocksize=64, compress_statistics=self.quant.double_quant,

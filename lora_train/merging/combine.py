@@ -19,6 +19,7 @@ at full rank) must match it exactly or nothing is written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ from lora_train.errors import UserError
 from lora_train.merging import card as merge_card
 from lora_train.merging.base_weights import UNSUPPORTED
 from lora_train.schemas.merge import Combination, MergeJob
+from lora_train.schemas.model import DType
 
 C = Combination
 TAKES_DENSITY = {C.ties, C.dare_linear, C.dare_ties, C.magnitude_prune}
@@ -114,7 +116,11 @@ def combine(job: MergeJob) -> Path:
         raise UserError(f"adapters={list(job.adapters)} lists the same folder twice; give it one larger weight")
     check_parents(infos, job.combination)
     model_cfg, quant = base_of(job, infos[0])
-    base = load_base(resolve_model(model_cfg), model_cfg, quant)
+    # PEFT creates the combined adapter in the dtype of the base's layers: a bf16 base (bf16 compute, or a bf16
+    # checkpoint) would round the combination to 3 significant digits. Combining is arithmetic on the LoRA factors
+    # alone, so the base loads in float32; a 4-bit base's quantized layers stay 4-bit.
+    model_cfg = dataclasses.replace(model_cfg, dtype=DType.float32)
+    base = load_base(resolve_model(model_cfg), model_cfg, dataclasses.replace(quant, compute_dtype=DType.float32))
     label = f"base {model_cfg.name_or_path!r}"
     for info in infos:
         check_against_config(info, base.config, label)

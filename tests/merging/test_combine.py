@@ -10,6 +10,7 @@ import torch
 from merge_helpers import adapters, base_path, deltas  # noqa: F401  (session fixture)
 
 from lora_train import UserError, compose
+from lora_train.artifacts import shown_path
 from lora_train.merging.merge import run as merge
 
 
@@ -53,7 +54,7 @@ def test_cat_is_exactly_the_weighted_sum_and_plain_peft_loads_it(adapters, tmp_p
     assert combo["r"] == 8 + 4 + 8 and combo["relative_error"] < 1e-6
     assert [p["weight"] for p in combo["parents"]] == [0.7, -0.3, 0.5]
     card = (out / "README.md").read_text()
-    assert all(str(p) in card for _, p in parts) and "combination" in card
+    assert all(f"`{shown_path(str(p))}` | {w} |" in card for w, p in parts) and "combination" in card
 
     # Behaviour: the adapter on the base computes exactly what base + the weighted sum of deltas computes.
     tok = AutoTokenizer.from_pretrained(out)

@@ -60,10 +60,9 @@ class Shape:
 def shape_of(config, lora_cfg=None) -> Shape:
     """Count a model's parameters by kind on the meta device (no memory, no download beyond config.json)."""
     import torch
-    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights():
+    with torch.device("meta"):  # not accelerate's init_empty_weights: it unties tied embeddings (counted twice)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     head = model.get_output_embeddings()
     linear, head_params, seen = [], 0, set()

@@ -116,7 +116,6 @@ def count_parameters(model_path: str, job: TrainJob) -> tuple[int, int]:
     """(the base's own frozen parameters, trainable LoRA ones), counted from the model's config on the meta device:
     nothing is loaded."""
     import torch
-    from accelerate import init_empty_weights
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -124,7 +123,9 @@ def count_parameters(model_path: str, job: TrainJob) -> tuple[int, int]:
     from lora_train.training.estimate import model_config
 
     config = model_config(model_path, job)
-    with init_empty_weights():
+    # torch.device("meta") rather than accelerate's init_empty_weights, which unties tied embeddings (SmolLM2's
+    # lm_head would be counted twice).
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=job.model.trust_remote_code,
                                                  dtype=torch.float32)
         model = get_peft_model(model, peft_config(job.lora))

@@ -59,6 +59,19 @@ def test_dry_run_prints_the_estimate(capsys, model_cache):
     assert "memory:" in out and "GFLOP per trained token" in out and "activations" in out
 
 
+def test_a_tied_model_counts_its_shared_embedding_once(capsys, model_cache):
+    """The tiny Llama ties lm_head to the input embedding, as SmolLM2 does: the dry run's count is the loaded model's."""
+    from transformers import AutoModelForCausalLM
+
+    from lora_train.model import builtin_path
+    from lora_train.training.train import run
+
+    loaded = AutoModelForCausalLM.from_pretrained(builtin_path("builtin:tiny-llama"))
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    run(compose("train", ["model=tiny_llama", "dry_run=true", "run_name=tied"]))
+    assert f"parameters: {loaded.num_parameters():,} in the base (frozen)" in capsys.readouterr().out
+
+
 def test_flops_match_a_counted_training_step(model_cache):
     """Count every FLOP of a real LoRA forward + backward with torch's FlopCounterMode. The base is unquantized
     here: bitsandbytes' CPU 4-bit matmul is a custom kernel the counter cannot see, and quantization does not change

@@ -72,7 +72,8 @@ def held_out_loss(work: Path, data: Path, adapters: list[Path], overrides: list[
                                     f"loss.source={data}", "samples.count=0", f"output={work / name}",
                                     "overwrite=true", "update_cards=false", *overrides]))
     res = json.loads((Path(out) / "results.json").read_text())
-    return {m["name"]: next(iter(m["loss"].values()))["loss"] for m in res["models"]}
+    # The base row is the one without an adapter; adapter rows are named after their folders.
+    return {("base" if not m["adapter"] else m["name"]): next(iter(m["loss"].values()))["loss"] for m in res["models"]}
 
 
 def score(records: list[dict], rows: list[dict]) -> dict:

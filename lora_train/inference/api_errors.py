@@ -42,8 +42,8 @@ def too_large(size: int | None, max_bytes: int) -> ApiError:
 DRAIN_BYTES = 64 << 20
 
 
-async def _drain(request, budget: int) -> None:
-    async for chunk in request.stream():
+async def _drain(body, budget: int) -> None:
+    async for chunk in body:
         budget -= len(chunk)
         if budget <= 0:
             return
@@ -54,13 +54,16 @@ async def read_json(request, max_bytes: int) -> dict:
     declared = request.headers.get("content-length", "")
     if declared.strip().isdigit() and int(declared) > max_bytes:  # refused before a byte is kept
         if int(declared) <= max_bytes + DRAIN_BYTES:
-            await _drain(request, int(declared))
+            await _drain(request.stream(), int(declared))
         raise too_large(int(declared), max_bytes)
+    # One iterator for reading and draining: a second request.stream() raises "Stream consumed" (a 500) when the
+    # chunk that crossed the limit was the body's last.
+    body = request.stream()
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in body:
         size += len(chunk)
         if size > max_bytes:
-            await _drain(request, DRAIN_BYTES)
+            await _drain(body, DRAIN_BYTES)
             raise too_large(None, max_bytes)
         chunks.append(chunk)
     try:

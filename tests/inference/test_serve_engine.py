@@ -84,6 +84,30 @@ def test_metrics_count_requests_latency_and_state_with_bounded_labels(served):
         assert re.search(rf"^{gauge} ", text, re.M), gauge
 
 
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_body_whose_last_chunk_crosses_the_limit_is_413(pieces):
+    """The ASGI server may hand over the chunk that crosses max_request_bytes as the body's last one; reading on to
+    drain it must not ask Starlette for the consumed stream a second time (that answered 500)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from lora_train.inference.api_errors import ApiError, read_json
+
+    body = b'{"prompt": "' + b"z" * 3000 + b'"}'
+    size = -(-len(body) // pieces)
+    messages = [{"type": "http.request", "body": body[i:i + size], "more_body": i + size < len(body)}
+                for i in range(0, len(body), size)]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(read_json(request, 1000))
+    assert refused.value.status == 413 and messages == []  # refused, and the rest of the body was read
+
+
 def test_body_limits_deep_json_and_api_key(served):
     url = served["url"]
     status, body = http(url + "/v1/completions", b'{"model": "alpha", "prompt": "' + b"x" * 400_000 + b'"}', KEY)

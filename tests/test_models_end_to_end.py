@@ -91,7 +91,7 @@ def test_llama_eval_measures_loss_and_runs_a_harness_task(llama, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert [(m["name"], m["adapter"] is None) for m in res["models"]] == [("tiny-llama (base)", True), ("a", False)]
     for m in res["models"]:
-        assert 0 <= m["tasks"]["commonsense_mini"]["acc"] <= 1
+        assert 0 <= m["tasks"]["commonsense_mini"]["acc"]["value"] <= 1
         assert next(iter(m["loss"].values()))["loss"] > 0
 
 

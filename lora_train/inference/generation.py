@@ -96,18 +96,37 @@ def max_positions(config) -> int | None:
 
 class _Row:
     """One row's incremental text: emits only text that can no longer turn into a stop string or a broken
-    multi-byte character."""
+    multi-byte character.
+
+    Decoding is incremental: each token decodes a short window of ids, never the whole completion. The window starts a
+    few tokens back (`prefix`) and the text of ids[prefix:read] is subtracted from that of ids[prefix:], so a
+    tokenizer that drops the leading space of a decode, or merges bytes across tokens, gives the same text as one
+    decode of every id. While the newest tokens end inside a multi-byte character (the decode ends in U+FFFD), the
+    window grows and nothing is added until the character is complete."""
 
     def __init__(self, request: GenRequest, tokenizer, eos_id: int):
         self.request, self.tokenizer, self.eos_id = request, tokenizer, eos_id
         self.ids: list[int] = []
         self.text = ""
         self.sent = 0  # characters of self.text already handed to on_text
+        self.prefix = self.read = 0  # ids[prefix:read]: the decode window's context; ids[read:]: not in self.text yet
         self.finish_reason: str | None = None
+        self._longest_stop = max((len(x) for x in request.params.stop), default=0)
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _extend(self, final: bool) -> None:
+        """Add the text of ids[read:] to self.text; unless `final`, only once it ends on a whole character."""
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
 
     def push(self, token: int) -> None:
         if self.done:
@@ -119,18 +138,21 @@ class _Row:
         if token == self.eos_id:
             return self._finish("stop")
         self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        start = len(self.text)
+        self._extend(final=False)
         stops = self.request.params.stop
-        hits = [i for i in (self.text.find(s) for s in stops) if i >= 0]
+        # Only the new text, and the stop-string length before it, can hold a stop string that was not there before.
+        window = max(0, start - self._longest_stop + 1)
+        hits = [i for i in (self.text.find(s, window) for s in stops) if i >= 0]
         if hits:
             self.text = self.text[: min(hits)]
-            return self._finish("stop")
+            return self._finish("stop", flush=False)
         if len(self.ids) >= self.request.params.max_new_tokens:
             return self._finish("length")
-        safe = len(self.text.rstrip("\ufffd"))  # an incomplete UTF-8 sequence decodes to U+FFFD until complete
+        safe = len(self.text)
         for s in stops:  # hold back a tail that may be the start of a stop string
             for k in range(min(len(s) - 1, safe), 0, -1):
-                if self.text[:safe].endswith(s[:k]):
+                if self.text.endswith(s[:k]):
                     safe -= k
                     break
         self._emit(safe)
@@ -140,7 +162,9 @@ class _Row:
             self.request.on_text(self.text[self.sent:upto])
         self.sent = max(self.sent, upto)
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str, flush: bool = True) -> None:
+        if flush:  # a character still incomplete at the end is decoded as it is (U+FFFD), as a full decode would
+            self._extend(final=True)
         self.finish_reason = reason
         self._emit(len(self.text))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from lora_train.errors import UserError
-from lora_train.inference.batching import Closed, QueueFull
+from lora_train.inference.batching import AdapterBusy, Closed, QueueFull
 from lora_train.inference.registry import UnknownAdapter
 
 
@@ -24,6 +24,8 @@ def as_api_error(e: BaseException) -> ApiError:
         return ApiError(404, str(e), param="model", code="model_not_found")
     if isinstance(e, (UserError, ValueError)):
         return ApiError(400, str(e))
+    if isinstance(e, AdapterBusy):
+        return ApiError(409, str(e), param="name", code="adapter_busy")
     if isinstance(e, QueueFull):
         return ApiError(429, str(e), "rate_limit_error", code="queue_full")
     if isinstance(e, (Closed, TimeoutError)):

@@ -29,6 +29,13 @@ class Closed(Exception):
     """The batcher is shutting down (HTTP 503)."""
 
 
+class AdapterBusy(Exception):
+    """An unload refused because requests of that adapter run or wait (HTTP 409)."""
+
+    def __init__(self, name: str, rows: int):
+        super().__init__(f"adapter {name!r} has {rows} request(s) running or waiting; unload it once they finish")
+
+
 @dataclass
 class Ticket:
     request: GenRequest
@@ -55,6 +62,7 @@ class Batcher:
         self.wait_s = wait_ms / 1000
         self.queue: queue.Queue[Ticket | None] = queue.Queue(maxsize=max_queue)
         self.stats = Stats()
+        self._in_hand: list[Ticket] = []  # the batch taken from the queue, until it is answered
         self._running = 0  # rows of the batch being generated
         self._kv = 0  # KV tokens that batch may hold (rows x (longest prompt + largest max_tokens))
         self._closed = False
@@ -88,6 +96,14 @@ class Batcher:
                 "batches": self.stats.batches, "rows": self.stats.rows, "largest_batch": self.stats.largest_batch,
                 "cancelled": self.stats.cancelled, "error": self.error}
 
+    def unload(self, name: str) -> bool:
+        """Admin unload: AdapterBusy while requests of `name` wait or are in the batch in hand, else the host's."""
+        with self.queue.mutex:
+            rows = sum(t.request.adapter == name for t in [*self.queue.queue, *self._in_hand] if t is not None)
+        if rows:
+            raise AdapterBusy(name, rows)
+        return self.host.unload(name)
+
     def close(self, timeout: float = 30) -> bool:
         """Stop taking requests; the batch in hand finishes (within `timeout`), waiting requests get Closed."""
         self._closed = True
@@ -114,6 +130,7 @@ class Batcher:
                     self._closed = True
                     break
                 batch.append(item)
+            self._in_hand = batch
             try:
                 self._run(batch)
                 self.error = None
@@ -124,6 +141,8 @@ class Batcher:
                     _finish(t, None, e)
                 if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: the rows are answered; stop
                     raise
+            finally:
+                self._in_hand = []
             if self._closed and self.queue.empty():
                 break
         while not self.queue.empty():  # closing: nobody will run what is left

@@ -27,7 +27,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from lora_train.errors import UserError
-from lora_train.inference.batching import Closed, QueueFull, Ticket
+from lora_train.inference.batching import AdapterBusy, Closed, QueueFull, Ticket
 from lora_train.inference.engine import Slot, StepEngine
 from lora_train.inference.generation import RowSampler, _Row, max_positions, prepare
 
@@ -64,6 +64,7 @@ class ContinuousBatcher:
         self.stats = Stats()
         self._waiting: OrderedDict[str, deque[Ticket]] = OrderedDict()  # adapter -> its queue, in round-robin order
         self._count = 0
+        self._admitting: list[Ticket] = []  # taken from the queues, not yet rows of the engine
         self._cond = threading.Condition()
         self._closed = False
         self.error: str | None = None  # the last unexpected failure, until a step succeeds (/health: degraded)
@@ -107,6 +108,18 @@ class ContinuousBatcher:
                 "batches": self.stats.steps, "rows": self.stats.rows, "largest_batch": self.stats.largest_batch,
                 "cancelled": self.engine.cancelled, "error": self.error}
 
+    def unload(self, name: str) -> bool:
+        """Admin unload: AdapterBusy while rows of `name` run or wait, else the host's unload. Checked and done
+        under the queue's lock, so no row of it is admitted in between."""
+        with self._cond:
+            # A row just admitted may be in both lists until the worker's next turn: count each request once.
+            admitted = {id(t.request) for t in self._admitting if t.request.adapter == name}
+            admitted |= {id(s.request) for s in self.engine.slots() if s.adapter == name}
+            rows = len(self._waiting.get(name, ())) + len(admitted)
+            if rows:
+                raise AdapterBusy(name, rows)
+            return self.host.unload(name)
+
     def close(self, timeout: float = 30) -> bool:
         """Stop taking requests; waiting ones get Closed (503); running rows finish within `timeout` seconds, then
         are cancelled. True when every running row finished in time."""
@@ -132,6 +145,7 @@ class ContinuousBatcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                self._admitting = []  # the last pick is rows of the engine by now, or answered
                 while not self._closed and not self._count and self.engine.idle:
                     self._cond.wait()
                 if self._closed and self.engine.idle:
@@ -140,7 +154,7 @@ class ContinuousBatcher:
                     deadline = time.monotonic() + self.wait_s
                     while self._count < self.max_batch_size and time.monotonic() < deadline:
                         self._cond.wait(deadline - time.monotonic())
-                picked = [] if self._closed else self._pick()
+                picked = self._admitting = [] if self._closed else self._pick()
             try:
                 self._admit(picked)
                 if self.engine.idle:

@@ -26,7 +26,7 @@ from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, missing_extra, reported
 from lora_train.inference import cards, lifecycle, playground, prompting
 from lora_train.inference.api_errors import ApiError, as_api_error, read_json
-from lora_train.inference.batching import Closed, QueueFull, Ticket
+from lora_train.inference.batching import AdapterBusy, Closed, QueueFull, Ticket
 from lora_train.inference.generation import GenRequest
 from lora_train.inference.metrics import ServeMetrics
 from lora_train.inference.registry import MultiAdapterModel, check_name
@@ -285,7 +285,7 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
         try:
             check_name(name)
             return await run_in_threadpool(action, name)
-        except UserError as e:
+        except (UserError, AdapterBusy) as e:
             raise as_api_error(e) from None
 
     @app.get("/admin/adapters", dependencies=[Depends(authorize)])
@@ -298,7 +298,10 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
 
     @app.post("/admin/adapters/unload", dependencies=[Depends(authorize)])
     async def admin_unload(request: Request):
-        return await admin(request, lambda n: {"name": n, "was_resident": host.unload(n), "resident": False})
+        # Refused (409) while requests of the adapter run or wait; deploy=ray's engine has no `unload`: there the
+        # board applies it on every replica (cluster/board.py).
+        unload = getattr(batcher, "unload", host.unload)
+        return await admin(request, lambda n: {"name": n, "was_resident": unload(n), "resident": False})
 
     cards.mount(app, host, authorize, as_api_error)  # GET /v1/adapters/{name} (+ /loss.png): read-only cards
     playground.mount(app, playground.enabled(job.playground, job.host))  # the page at /; CSP on every response

@@ -309,3 +309,37 @@ def test_adapters_left_after_an_unload_still_serve_mixed_batches(host):
     assert host.unload("alpha")
     assert not any(p.requires_grad for p in host.model.parameters())
     assert run() == before
+
+
+@pytest.mark.parametrize("scheduler", [Scheduler.static, Scheduler.continuous])
+def test_an_adapter_is_not_unloaded_under_its_running_rows(host, scheduler):
+    from lora_train.inference.batching import AdapterBusy, Batcher
+
+    batcher = Batcher(host, 4, 0) if scheduler == Scheduler.static else ContinuousBatcher(host, 4, 0)
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def on_token():  # holds the worker inside the row's first token: the row is running until released
+        started.set()
+        release.wait(60)
+
+    try:
+        host.load("alpha")
+        batcher.submit(Ticket(GenRequest(format_prompt("Hi"), "alpha", GenParams(max_new_tokens=4), on_token=on_token),
+                              on_done=lambda r, e: done.set()))
+        assert started.wait(60)
+        with pytest.raises(AdapterBusy, match="'alpha' has 1 request"):
+            batcher.unload("alpha")
+        assert "alpha" in host.resident() and batcher.unload("beta") in (True, False)  # another adapter is free
+        release.set()
+        assert done.wait(60)
+        deadline = time.time() + 30
+        while True:  # the worker lets go of the finished row right after answering it
+            try:
+                assert batcher.unload("alpha") is True and "alpha" not in host.resident()
+                break
+            except AdapterBusy:
+                assert time.time() < deadline
+                time.sleep(0.05)
+    finally:
+        release.set()
+        batcher.close()

@@ -152,6 +152,22 @@ def test_admin_unload_and_load(server):
     assert http(url + "/admin/adapters/load", json.dumps({"name": 3}).encode())[0] == 400
 
 
+def test_an_adapter_with_running_requests_is_not_unloaded(server):
+    url, client = server["url"], server["client"]
+    stream = client.completions.create(model="beta", prompt=PROMPTS[0], max_tokens=1000, temperature=0, stream=True)
+    next(iter(stream))  # a row of beta is running
+    status, body = http(url + "/admin/adapters/unload", json.dumps({"name": "beta"}).encode())
+    assert status == 409 and body["error"]["code"] == "adapter_busy", body
+    assert body["error"]["message"].startswith("adapter 'beta' has 1 request(s) running or waiting")
+    assert "beta" in http(url + "/health", key=None)[1]["resident_adapters"]
+    stream.close()
+    deadline = time.time() + 120
+    while http(url + "/health", key=None)[1]["running"]:
+        assert time.time() < deadline, "the abandoned stream kept running"
+        time.sleep(0.2)
+    assert http(url + "/admin/adapters/unload", json.dumps({"name": "beta"}).encode())[0] == 200
+
+
 def test_client_disconnect_mid_stream_stops_its_generation(server):
     url, client = server["url"], server["client"]
     stream = client.completions.create(model="tiny-gptj", prompt=PROMPTS[0], max_tokens=1000, temperature=0,

@@ -199,7 +199,7 @@ def part_variants(args, work: Path) -> dict:
     for seed in range(args.seeds):
         for name in names:
             r = lora_variants.run_one(folder, work / "variant-adapters", name, lora_variants.CONTENDERS[name] + extra,
-                                      seed, args.variant_steps, 128, 16)
+                                      seed, args.variant_steps, 128, args.variant_batch)
             print(f"  {name} seed {seed}: eval loss {r['eval_loss']:.4f}", flush=True)
             results.append(r)
     return {"results": results, "table": lora_variants.table(results)}
@@ -263,6 +263,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--variant-steps", type=int, default=20, help="optimizer steps of each variant run")
+    ap.add_argument("--variant-batch", type=int, default=16, help="rows per optimizer step of each variant run")
     ap.add_argument("--merge-steps", type=int, default=10, help="optimizer steps of the adapter merged")
     ap.add_argument("--examples", type=int, default=32, help="throughput: training examples per round")
     ap.add_argument("--repeats", type=int, default=3, help="throughput: rounds, for the spread")

@@ -3,11 +3,16 @@ docs/*.md, a way to run one as the shell would, and the anchors and links betwee
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +141,38 @@ def run_console(argv: list[str]) -> int:
 
 def run_shell(text: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", text], cwd=cwd, capture_output=True, text=True, timeout=900, env=shell_env())
+
+
+def serve_and_query(argv: list[str], cwd: Path, adapter: str) -> None:
+    """Start an example's lora-serve (on a free port instead of its 8000), check `adapter` is listed, complete with
+    it, stop the server with SIGTERM (it must exit 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [a if not a.startswith("port=") else f"port={port}" for a in argv]
+    exe = Path(sys.executable).with_name("lora-serve")
+    log = open(cwd / "server.log", "w")
+    proc = subprocess.Popen([str(exe), *argv[1:]], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, (cwd / "server.log").read_text()[-3000:]
+                time.sleep(0.5)
+        with urllib.request.urlopen(url + "/v1/models", timeout=30) as r:
+            assert adapter in [m["id"] for m in json.load(r)["data"]]
+        body = json.dumps({"model": adapter, "prompt": "Tell me a joke", "max_tokens": 4, "temperature": 0}).encode()
+        req = urllib.request.Request(url + "/v1/completions", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            assert json.load(r)["choices"][0]["finish_reason"] in ("length", "stop")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, (cwd / "server.log").read_text()[-3000:]
+        log.close()
 
 
 def slug(heading: str) -> str:

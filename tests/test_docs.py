@@ -22,6 +22,7 @@ from doc_examples import (
     pages,
     run_console,
     run_shell,
+    serve_and_query,
     shell_examples,
     slug,
 )
@@ -98,6 +99,11 @@ FULL: dict[str, bool] = {
     "lora-merge adapter=latest output=merged/my-adapter": True,
     'lora-generate adapters=[latest,base] prompt="Tell me a joke" stream=false sampling.max_new_tokens=16': True,
     "lora-merge adapters=[adapters/a,adapters/b] weights=[0.7,0.3] combination=cat output=adapters/a_plus_b": True,
+    # lora-eval on a local task and on loss alone; lora-serve started, queried with a client request, stopped
+    "lora-eval adapters=[adapters/a] eval.include_path=tests/evaluation/eval_task eval.tasks=[commonsense_mini] "
+    "eval.limit=8": True,
+    "lora-eval adapters=[adapters/a] eval.tasks=[]": True,
+    "lora-serve adapters_dir=adapters host=127.0.0.1 port=8000": True,
 }
 
 
@@ -160,6 +166,7 @@ def world(tmp_path_factory) -> Path:
                 for r in rows]
     (out / "sharegpt.json").write_text(json.dumps(sharegpt), encoding="utf-8")
     (out / "prompts.txt").write_text("Tell me a joke\nName three colors\n", encoding="utf-8")
+    shutil.copytree(ROOT / "tests" / "evaluation" / "eval_task", out / "tests" / "evaluation" / "eval_task")  # a local task
     return out
 
 
@@ -212,6 +219,9 @@ def check(ex: Example, scratch: Path, capsys) -> None:
     if mode == "unlisted":
         pytest.fail(text, pytrace=False)
     argv = None if COMPOUND.search(text) else bash_words(text, scratch) + suffix
+    if mode == "full" and argv[0] == "lora-serve":  # a server runs until stopped: start, query, stop
+        serve_and_query(argv, scratch, "run-a")
+        return
     for arg in argv or []:  # a file the example writes is not one the scratch folder may already hold
         if arg.startswith("output=") and (scratch / arg[len("output="):]).is_file():
             (scratch / arg[len("output="):]).unlink()

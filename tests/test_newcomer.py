@@ -5,20 +5,12 @@ tests/test_docs.py checks them (its LISTED exceptions, with their reasons, apply
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from doc_examples import ROOT, bash_words, command_of, run_shell, shell_examples
+from doc_examples import ROOT, bash_words, command_of, run_shell, serve_and_query, shell_examples
 from test_docs import as_checked
 
 USES_ADAPTERS = {"lora-merge", "lora-generate", "lora-eval"}
@@ -34,38 +26,6 @@ def after_quickstart(trained_adapter, tmp_path) -> Path:
     """A fresh folder holding exactly what the quickstart left: adapters/<its dated run name>."""
     shutil.copytree(trained_adapter.parent, tmp_path / "adapters")
     return tmp_path
-
-
-def serve_and_query(argv: list[str], cwd: Path, adapter: str) -> None:
-    """Start the example's lora-serve (on a free port instead of its 8000), list the models, complete with the
-    quickstart's adapter, stop it with SIGTERM."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [a if not a.startswith("port=") else f"port={port}" for a in argv]
-    exe = Path(sys.executable).with_name("lora-serve")
-    log = open(cwd / "server.log", "w")
-    proc = subprocess.Popen([str(exe), *argv[1:]], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, (cwd / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
-        with urllib.request.urlopen(url + "/v1/models", timeout=30) as r:
-            assert adapter in [m["id"] for m in json.load(r)["data"]]
-        body = json.dumps({"model": adapter, "prompt": "Tell me a joke", "max_tokens": 4, "temperature": 0}).encode()
-        req = urllib.request.Request(url + "/v1/completions", body, {"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            assert json.load(r)["choices"][0]["finish_reason"] in ("length", "stop")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, (cwd / "server.log").read_text()[-3000:]
-        log.close()
 
 
 @pytest.mark.slow  # each example loads the tiny model once more, after the session's quickstart run

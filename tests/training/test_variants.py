@@ -243,6 +243,39 @@ def variants(tmp_path_factory, model_cache) -> Path:
     return root
 
 
+def mixed_batch_matches_peft_alone(host, names: list[str], dora: str) -> list[str]:
+    """One mixed batch of `names` and the base: every row as generated alone, and the DoRA adapter's row what PEFT's
+    own single-adapter forward (no adapter_names) gives. Returns the batch's texts."""
+    from peft import PeftModel
+
+    from lora_train.inference.generation import GenParams, GenRequest, format_prompt, generate
+
+    mixed = [GenRequest(format_prompt("Name a colour."), n, GenParams(max_new_tokens=6)) for n in names + ["base"]]
+    batched = [r.text for r in generate(host, mixed)]  # DoRA rows included: see registry.using
+    assert batched == [generate(host, [r])[0].text for r in mixed]
+    base = load_base(resolve_model(host.model_cfg), host.model_cfg, host.quant_cfg)
+    ref = PeftModel.from_pretrained(base, str(host.folder_of(dora))).eval()
+    ids = host.tokenizer(mixed[0].prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = ref.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=host.tokenizer.pad_token_id)
+    assert batched[names.index(dora)] == host.tokenizer.decode(out[0, ids["input_ids"].shape[1]:],
+                                                                skip_special_tokens=True)
+    return batched
+
+
+def test_a_dora_row_in_a_mixed_batch_is_what_peft_gives_it_alone(tmp_path, model_cache):
+    """The mixed-batch DoRA path lowers a private PEFT flag (registry._dora_rows_allowed): checked in the default run."""
+    from lora_train.inference.registry import MultiAdapterModel
+    from lora_train.schemas.infer import ServeJob
+
+    for name, extra in [("plain", []), ("dora", ["lora.use_dora=true"])]:
+        train(compose("train", ["experiment=debug", f"adapters_dir={tmp_path}", f"run_name={name}",
+                                "train.max_steps=2", "train.learning_rate=5e-2", *extra]))
+    host = MultiAdapterModel.from_config(ServeJob(adapters_dir=str(tmp_path)))
+    dora, plain, base = mixed_batch_matches_peft_alone(host, ["dora", "plain"], "dora")
+    assert dora != base  # the DoRA adapter changes the answer, so a row computed without it would be caught
+
+
 @pytest.mark.slow
 def test_each_variant_trains_on_the_4bit_base_and_is_recorded(variants):
     for name, overrides in VARIANTS.items():
@@ -277,26 +310,13 @@ def test_each_variant_merges_and_verifies_against_its_training_base(variants, tm
 @pytest.mark.slow
 def test_each_variant_is_served_and_evaluated(variants, tmp_path):
     from lora_train.evaluation.evaluate import run as evaluate
-    from lora_train.inference.generation import GenParams, GenRequest, format_prompt, generate
     from lora_train.inference.registry import MultiAdapterModel
     from lora_train.schemas.infer import ServeJob
 
     host = MultiAdapterModel.from_config(ServeJob(adapters_dir=str(variants)))
     names = sorted(VARIANTS)
-    mixed = [GenRequest(format_prompt("Name a colour."), n, GenParams(max_new_tokens=6)) for n in names + ["base"]]
-    batched = [r.text for r in generate(host, mixed)]  # DoRA rows included: see registry.using
-    singles = [generate(host, [r])[0].text for r in mixed]
-    assert batched == singles and len(set(batched)) > 1
-    # A DoRA row of a mixed batch is what PEFT's own single-adapter forward (no adapter_names) gives.
-    from peft import PeftModel
-
-    base = load_base(resolve_model(host.model_cfg), host.model_cfg, host.quant_cfg)
-    ref = PeftModel.from_pretrained(base, str(variants / "olora-dora")).eval()
-    ids = host.tokenizer(mixed[0].prompt, return_tensors="pt", add_special_tokens=False)
-    with torch.inference_mode():
-        out = ref.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=host.tokenizer.pad_token_id)
-    want = host.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert batched[names.index("olora-dora")] == want
+    batched = mixed_batch_matches_peft_alone(host, names, "olora-dora")
+    assert len(set(batched)) > 1
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": f"{w} {w}."}) + "\n"

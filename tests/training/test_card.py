@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lora_train.training import card
 
 SNIPPET = re.compile(r"```python\n(.*?)```", re.S)
@@ -66,3 +68,16 @@ def test_a_hub_base_is_loaded_by_its_id_and_revision():
     text = card.render("r", _config("EleutherAI/gpt-j-6b", "builtin:sample"), {})
     assert 'AutoModelForCausalLM.from_pretrained("EleutherAI/gpt-j-6b", revision="v2")' in text
     assert "lora_train" not in text.split("## Use")[1].split("## Results")[0]
+
+
+@pytest.mark.parametrize("template, says", [
+    ("gpt4all", 'Each example is prompt + "\\n" + response + EOS'),
+    ("chat_template", "rendered with the tokenizer's chat template"),
+    ("alpaca", "Alpaca template"),
+    ("Q: {prompt}\nA: ", "written with the template `Q: {prompt}\nA: `"),
+])
+def test_the_card_says_the_format_the_adapter_was_trained_in(template, says):
+    config = _config("EleutherAI/gpt-j-6b", "builtin:sample")
+    config["data"]["template"] = template
+    text = card.render("r", config, {})
+    assert says in text and (template == "gpt4all") == ('prompt + "\\n" + response' in text)

@@ -215,8 +215,8 @@ def part_merge(args, work: Path) -> dict:
     if not (tiny / "adapter_config.json").is_file():
         train(compose("train", [f"adapters_dir={work / 'adapters'}", "run_name=merge-tiny", "lora=all_linear",
                                 "train.report_to=[]", *fp32]))
-    adapters = {"smollm2-135m": train_adapter(work, args.merge_steps, "merge-smollm2", [*fp32, "train.global_batch_size=8"]),
-                "tiny-gptj": tiny}
+    smollm2 = train_adapter(work, args.merge_steps, "merge-smollm2", [*fp32, "train.global_batch_size=8"])
+    adapters = {"smollm2-135m": smollm2, "tiny-gptj": tiny}
     out: dict = {}
     for model, adapter in adapters.items():
         for base in ("dequantized", "original"):

@@ -166,7 +166,8 @@ def world(tmp_path_factory) -> Path:
                 for r in rows]
     (out / "sharegpt.json").write_text(json.dumps(sharegpt), encoding="utf-8")
     (out / "prompts.txt").write_text("Tell me a joke\nName three colors\n", encoding="utf-8")
-    shutil.copytree(ROOT / "tests" / "evaluation" / "eval_task", out / "tests" / "evaluation" / "eval_task")  # a local task
+    task = Path("tests") / "evaluation" / "eval_task"  # a local lm-eval task, at the path the docs name
+    shutil.copytree(ROOT / task, out / task)
     return out
 
 

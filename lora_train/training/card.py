@@ -9,7 +9,6 @@ from lora_train.artifacts import shown_path
 THIS_FOLDER = "<this folder>"  # the adapter folder, wherever it is copied: a card names no path of the machine
 
 
-
 def example_format(template: str) -> str:
     """How a training example was written, per data.template (lora-generate and lora-serve use the same by default)."""
     if template == "gpt4all":
@@ -19,6 +18,7 @@ def example_format(template: str) -> str:
     if template == "chat_template":
         return "Each example is rendered with the tokenizer's chat template"
     return f"Each example is written with the template `{template}`, then the response + EOS"
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -141,8 +141,8 @@ tags: [lora, qlora, gpt-j, gpt4all-j, lora-train]
 
 A LoRA adapter for `{base}`{f" (revision `{model['revision']}`)" if model.get("revision") else ""}, trained with
 lora-train: {config['quant']['mode']} base{computed}, LoRA r={config['lora']['r']} alpha={config['lora']['alpha']} on
-{", ".join(config['lora']['target_modules'])}. Variant: {variant(config['lora'], config.get('train', {}))}. {example_format(data.get("template", "gpt4all"))},
-with the loss on the response and its EOS.
+{", ".join(config['lora']['target_modules'])}. Variant: {variant(config['lora'], config.get('train', {}))}.
+{example_format(data.get("template", "gpt4all"))}, with the loss on the response and its EOS.
 
 ## Use
 

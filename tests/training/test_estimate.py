@@ -60,7 +60,7 @@ def test_dry_run_prints_the_estimate(capsys, model_cache):
 
 
 def test_a_tied_model_counts_its_shared_embedding_once(capsys, model_cache):
-    """The tiny Llama ties lm_head to the input embedding, as SmolLM2 does: the dry run's count is the loaded model's."""
+    """The tiny Llama ties lm_head to the input embedding, as SmolLM2 does: the dry run counts what loading counts."""
     from transformers import AutoModelForCausalLM
 
     from lora_train.model import builtin_path

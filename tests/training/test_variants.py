@@ -264,7 +264,8 @@ def mixed_batch_matches_peft_alone(host, names: list[str], dora: str) -> list[st
 
 
 def test_a_dora_row_in_a_mixed_batch_is_what_peft_gives_it_alone(tmp_path, model_cache):
-    """The mixed-batch DoRA path lowers a private PEFT flag (registry._dora_rows_allowed): checked in the default run."""
+    """The mixed-batch DoRA path lowers a private PEFT flag (registry._dora_rows_allowed): checked in the default
+    run."""
     from lora_train.inference.registry import MultiAdapterModel
     from lora_train.schemas.infer import ServeJob
 

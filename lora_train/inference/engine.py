@@ -57,7 +57,8 @@ class PaddedBatch:
 
     @property
     def columns(self) -> int:
-        return 0 if self.valid is None else self.valid.shape[1]
+        valid = self.valid  # read once: /health and /metrics ask from other threads while the worker resets it
+        return 0 if valid is None else valid.shape[1]
 
     def tokens(self) -> int:
         """KV tokens this batch holds now, padding included (what its cache costs in memory)."""
@@ -163,7 +164,8 @@ class StepEngine:
         return bool(self.joining.slots)
 
     def kv_tokens(self) -> int:
-        return self.running.tokens() + len(self.joining.slots) * (0 if self._prompt is None else self._prompt.shape[1])
+        prompt = self._prompt  # read once (see PaddedBatch.columns)
+        return self.running.tokens() + len(self.joining.slots) * (0 if prompt is None else prompt.shape[1])
 
     def adapters(self) -> set[str]:
         return {s.adapter for s in self.slots() if not self.host.is_base(s.adapter)}

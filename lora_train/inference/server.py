@@ -24,9 +24,9 @@ from omegaconf import DictConfig
 from lora_train import console
 from lora_train.config import checked_overrides, typed
 from lora_train.errors import UserError, missing_extra, reported
-from lora_train.inference import cards, lifecycle, playground, prompting
+from lora_train.inference import admin, cards, lifecycle, playground, prompting
 from lora_train.inference.api_errors import ApiError, as_api_error, read_json
-from lora_train.inference.batching import AdapterBusy, Closed, QueueFull, Ticket
+from lora_train.inference.batching import Closed, QueueFull, Ticket
 from lora_train.inference.generation import GenRequest
 from lora_train.inference.metrics import ServeMetrics
 from lora_train.inference.registry import MultiAdapterModel, check_name
@@ -280,29 +280,10 @@ def create_app(host: MultiAdapterModel, batcher, job: ServeJob, api_key: str | N
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
-    async def admin(request: Request, action):
-        name = parse(oa.AdapterName, await body_json(request)).name
-        try:
-            check_name(name)
-            return await run_in_threadpool(action, name)
-        except (UserError, AdapterBusy) as e:
-            raise as_api_error(e) from None
+    async def adapter_name(request: Request) -> str:
+        return parse(oa.AdapterName, await body_json(request)).name
 
-    @app.get("/admin/adapters", dependencies=[Depends(authorize)])
-    async def admin_list():
-        return {"base": host.base_name, "adapters": await run_in_threadpool(host.names), "resident": host.resident()}
-
-    @app.post("/admin/adapters/load", dependencies=[Depends(authorize)])
-    async def admin_load(request: Request):
-        return await admin(request, lambda n: (host.load(n), {"name": n, "resident": True})[1])
-
-    @app.post("/admin/adapters/unload", dependencies=[Depends(authorize)])
-    async def admin_unload(request: Request):
-        # Refused (409) while requests of the adapter run or wait; deploy=ray's engine has no `unload`: there the
-        # board applies it on every replica (cluster/board.py).
-        unload = getattr(batcher, "unload", host.unload)
-        return await admin(request, lambda n: {"name": n, "was_resident": unload(n), "resident": False})
-
+    admin.mount(app, host, batcher, authorize, adapter_name)  # /admin/adapters: list, load, unload (409 while busy)
     cards.mount(app, host, authorize, as_api_error)  # GET /v1/adapters/{name} (+ /loss.png): read-only cards
     playground.mount(app, playground.enabled(job.playground, job.host))  # the page at /; CSP on every response
     return app

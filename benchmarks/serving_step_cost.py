@@ -4,7 +4,7 @@
     python benchmarks/serving_step_cost.py --profile   # where a decoding step's time goes, and NF4 dequantized once
 
 --profile runs a 16-row decoding step under the PyTorch profiler and splits its CPU time into 4-bit dequantization
-and matmuls (bitsandbytes' ops), other matmuls, attention, and the rest (elementwise ops, Python, the framework);
+and matmuls (bitsandbytes' ops), other matmuls, attention, concatenation, and the rest (elementwise ops, Python);
 then it times decoding steps with every 4-bit linear replaced by a float32 linear holding the weights bitsandbytes
 dequantizes (lora_train.merging.verify.dequantized_in_float32), the same weights without the per-call dequantization.
 
@@ -41,6 +41,9 @@ CATEGORIES = [  # (name, substrings of the profiler's op names), first match win
     ("4-bit dequantization and matmul (bitsandbytes)", ("bitsandbytes", "4bit", "dequant", "gemv")),
     ("other matmuls", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")),
     ("attention", ("scaled_dot_product", "attention", "softmax")),
+    # DynamicCache grows each layer's keys and values by concatenation, copying the cache at every step (GPT-J's
+    # rotary embedding concatenates too, on one token a row)
+    ("concatenation (aten::cat)", ("aten::cat",)),
 ]
 
 

